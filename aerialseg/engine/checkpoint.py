@@ -1,0 +1,156 @@
+"""Checkpoint loading that never unpickles arbitrary code.
+
+PyTorch >= 2.6 loads with ``weights_only=True`` by default, which refuses every global that is
+not allow-listed. mmengine 0.10.7 checkpoints hold a few harmless non-tensor objects (the message
+hub's ``HistoryBuffer`` with numpy arrays), so resuming fails out of the box. The fix is to
+allow-list exactly those classes, never to switch ``weights_only`` off: a checkpoint from the
+internet is a program otherwise.
+
+:func:`safe_torch_load` is the one entry point for user checkpoint files in this project, and
+importing :mod:`aerialseg` routes mmengine's local-file checkpoint loader (``load_checkpoint``,
+``Runner.resume``, ``load_from``) through it.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import zipfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from mmengine.logging.history_buffer import HistoryBuffer
+from mmengine.runner.checkpoint import CheckpointLoader
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, truncated or not a PyTorch checkpoint."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint references Python globals outside the allow-list."""
+
+    def __init__(self, path: str | os.PathLike, names: Iterable[str]):
+        self.path = str(path)
+        self.names = sorted(set(names))
+        super().__init__(
+            f"refusing to load checkpoint '{self.path}': it references "
+            f"{', '.join(repr(n) for n in self.names)}, which "
+            f"{'is' if len(self.names) == 1 else 'are'} not on AerialSeg's allow-list of safe "
+            "globals. Loading it would run arbitrary code. If you trust this file and the class "
+            "is plain data, add it with aerialseg.engine.allow_checkpoint_globals([...])."
+        )
+
+
+def _numpy_safe_globals() -> list:
+    """numpy classes that appear when mmengine pickles its logged scalars and arrays."""
+    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+    dtype_classes = [type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDGSUV"]
+    return [
+        multiarray._reconstruct,
+        multiarray.scalar,
+        np.ndarray,
+        np.dtype,
+        *dtype_classes,
+    ]
+
+
+def _history_buffer_method(owner, name: str):
+    """Stands in for ``builtins.getattr`` while unpickling.
+
+    mmengine pickles the statistics methods of ``HistoryBuffer`` (``min``, ``max``, ``mean``...)
+    as ``getattr(HistoryBuffer, 'min')``. A general ``getattr`` would let a crafted file walk from
+    any allow-listed object to ``os.system``, so only public methods of ``HistoryBuffer`` resolve.
+    """
+    attribute = vars(HistoryBuffer).get(name) if owner is HistoryBuffer else None
+    if name.startswith("_") or not callable(attribute):
+        raise pickle.UnpicklingError(
+            f"Weights only load failed: getattr({getattr(owner, '__name__', owner)!r}, {name!r}) "
+            "is not allowed (only HistoryBuffer statistics methods are); "
+            "Unsupported global: GLOBAL builtins.getattr"
+        )
+    return attribute
+
+
+_SAFE_GLOBALS: list = [
+    HistoryBuffer,
+    (_history_buffer_method, "builtins.getattr"),
+    *_numpy_safe_globals(),
+]
+
+
+def allow_checkpoint_globals(objects: Iterable) -> None:
+    """Add classes/functions to the allow-list used by every checkpoint load."""
+    objects = list(objects)
+    _SAFE_GLOBALS.extend(objects)
+    torch.serialization.add_safe_globals(objects)
+
+
+def safe_globals() -> tuple:
+    """The allow-listed globals, for inspection and tests."""
+    return tuple(_SAFE_GLOBALS)
+
+
+_GLOBAL_IN_MESSAGE = re.compile(r"(?:Unsupported global: GLOBAL|global) ([\w.]+)")
+
+
+def _unsafe_globals(path: str, error: Exception) -> list[str]:
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # not a zip checkpoint: fall back to the name in torch's message
+        names = []
+    allowed = {
+        entry[1] if isinstance(entry, tuple) else f"{entry.__module__}.{entry.__qualname__}"
+        for entry in _SAFE_GLOBALS
+    }
+    if "getattr(" in str(error):  # the allow-listed name was used beyond HistoryBuffer
+        allowed.discard("builtins.getattr")
+    names = [name for name in names if name not in allowed]
+    return names or _GLOBAL_IN_MESSAGE.findall(str(error)) or ["<unknown global>"]
+
+
+def safe_torch_load(path: str | os.PathLike, map_location="cpu"):
+    """Load a ``.pth``/``.pt`` file with ``weights_only=True`` and the project's allow-list.
+
+    Args:
+        path: a local checkpoint file.
+        map_location: as for :func:`torch.load`.
+
+    Returns:
+        Whatever the file holds (usually a dict of tensors, or an mmengine checkpoint dict).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        UnsafeCheckpointError: the file references a global outside the allow-list.
+        CheckpointError: the file is empty, truncated or not a torch checkpoint.
+    """
+    path = os.fspath(Path(path).expanduser())
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: '{path}'")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"checkpoint '{path}' is empty (0 bytes)")
+    try:
+        with torch.serialization.safe_globals(_SAFE_GLOBALS):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "Weights only load failed" in str(error):
+            raise UnsafeCheckpointError(path, _unsafe_globals(path, error)) from None
+        raise CheckpointError(
+            f"checkpoint '{path}' is not a readable torch file: {error}"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as error:
+        raise CheckpointError(
+            f"checkpoint '{path}' is corrupt or truncated ({type(error).__name__}: {error})"
+        ) from None
+
+
+def _load_from_local(filename: str, map_location=None):
+    return safe_torch_load(filename, map_location=map_location)
+
+
+_load_from_local.__name__ = "load_from_local"  # mmengine logs the loader's name[10:]
+CheckpointLoader.register_scheme(prefixes="", loader=_load_from_local, force=True)
+torch.serialization.add_safe_globals(_SAFE_GLOBALS)
