@@ -59,7 +59,18 @@ def load_config(
 
 
 def enable_amp(cfg: Config) -> None:
-    """Switch an ``OptimWrapper`` config to mmengine's ``AmpOptimWrapper`` (dynamic loss scale)."""
+    """Switch an ``OptimWrapper`` config to mmengine's ``AmpOptimWrapper`` (dynamic loss scale).
+
+    mmengine's ``AmpOptimWrapper`` only runs on an accelerator, so on a CPU-only machine this fails
+    here, before any model or data is built, rather than deep inside the runner.
+    """
+    from mmengine.device import get_device
+
+    if get_device() == "cpu":
+        raise RuntimeError(
+            "--amp needs a GPU (or NPU/MLU/MUSA): mmengine's AmpOptimWrapper does not run on CPU, "
+            "and no accelerator is visible here. Drop --amp to train in fp32 on CPU."
+        )
     wrapper = cfg.optim_wrapper.get("type", "OptimWrapper")
     if wrapper == "AmpOptimWrapper":
         print_log("AMP is already enabled in the config.", logger="current", level=logging.WARNING)

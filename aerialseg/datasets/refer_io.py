@@ -1,0 +1,71 @@
+"""Readers for the REFER-style files of RRSIS-D and NWPU-Refer (``refs(unc).p`` + instances JSON).
+
+The refs file is a pickle because that is the public format of these datasets (the REFER toolkit
+of RefCOCO). It is read with an unpickler that refuses every class and function, so only plain
+lists, dicts, strings and numbers can come out of it; nothing in the file is executed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+
+from aerialseg.datasets.base import DatasetFormatError, require_path
+
+__all__ = ["load_coco_json", "load_refs_pickle", "sentence_text"]
+
+
+class _LiteralUnpickler(pickle.Unpickler):
+    """Unpickles builtin containers and scalars only."""
+
+    def find_class(self, module: str, name: str):
+        raise pickle.UnpicklingError(
+            f"refuses to load {module}.{name}: a refs file holds only lists, dicts and strings"
+        )
+
+
+def load_refs_pickle(path: str) -> list[dict]:
+    """Read a REFER ``refs(*).p`` file: a list of ``{ref_id, ann_id, image_id, split, sentences}``
+    dicts."""
+    require_path(path, "refs pickle")
+    with open(path, "rb") as stream:
+        data = stream.read()
+    try:
+        try:
+            refs = _LiteralUnpickler(io.BytesIO(data)).load()
+        except UnicodeDecodeError:
+            # Pickles written by Python 2 hold byte strings.
+            refs = _LiteralUnpickler(io.BytesIO(data), encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError) as exc:
+        raise DatasetFormatError(f"{path}: not a readable refs pickle ({exc})") from None
+    if not isinstance(refs, list) or not all(isinstance(ref, dict) for ref in refs):
+        raise DatasetFormatError(f"{path}: expected a list of ref dicts")
+    for index, ref in enumerate(refs):
+        missing = [key for key in ("ann_id", "image_id", "split", "sentences") if key not in ref]
+        if missing:
+            raise DatasetFormatError(f"{path}: ref #{index} lacks fields {missing}")
+    return refs
+
+
+def load_coco_json(path: str, what: str) -> dict:
+    """Read a COCO-style instances JSON and check its top-level lists."""
+    require_path(path, what)
+    try:
+        with open(path, encoding="utf-8") as stream:
+            data = json.load(stream)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetFormatError(f"{path}: not valid JSON ({exc})") from None
+    for key in ("images", "annotations"):
+        if not isinstance(data.get(key), list):
+            raise DatasetFormatError(f"{path}: missing list '{key}'")
+    return data
+
+
+def sentence_text(sentence) -> str:
+    """The text of a REFER sentence entry (``sent``, else ``raw``), stripped."""
+    if isinstance(sentence, str):
+        return sentence.strip()
+    if isinstance(sentence, dict):
+        return str(sentence.get("sent") or sentence.get("raw") or "").strip()
+    return ""

@@ -1,0 +1,96 @@
+"""``tools/train.py`` with mmseg's flags on the tiny ClipSAM config: train, stop, ``--resume``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mmengine.config import Config
+
+from aerialseg.engine import safe_torch_load, train_main
+from aerialseg.engine.launch import apply_resume, enable_amp, load_config
+from aerialseg.models.tiny import write_tiny_aerial_d, write_tiny_checkpoints
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_CONFIG = REPO / "configs" / "clipsam" / "clipsam-tiny_aerial-d.py"
+
+
+@pytest.mark.slow
+def test_train_then_resume_through_the_command_line(tmp_path, monkeypatch, capfd):
+    monkeypatch.chdir(tmp_path)  # the tiny config's paths are relative, as in a checkout
+    write_tiny_checkpoints()
+    write_tiny_aerial_d()
+
+    common = [str(TINY_CONFIG), "--work-dir", "work"]
+    options = ["--cfg-options", "default_hooks.checkpoint.interval=2", "train_cfg.val_interval=100"]
+    first = train_main([*common, *options, "train_cfg.max_iters=2"])
+    assert first.iter == 2
+    assert safe_torch_load(tmp_path / "work" / "iter_2.pth")["meta"]["iter"] == 2
+    capfd.readouterr()
+
+    resumed = train_main([*common, "--resume", *options, "train_cfg.max_iters=4"])
+    log = "".join(capfd.readouterr())
+    assert "resumed" in log.lower() and "iter_2.pth" in log
+    assert resumed.iter == 4
+    final = safe_torch_load(tmp_path / "work" / "iter_4.pth")
+    assert final["meta"]["iter"] == 4
+    # The message hub carries the losses of both runs: 2 logged before the stop, 2 after.
+    loss_history = final["message_hub"]["log_scalars"]["train/loss"]
+    assert len(loss_history.data[0]) == 4
+
+
+def test_amp_flag_on_a_cpu_machine_is_a_clear_error(tmp_path):
+    with pytest.raises(RuntimeError, match="--amp needs a GPU"):
+        train_main([str(TINY_CONFIG), "--amp", "--work-dir", str(tmp_path / "w")])
+    assert not (tmp_path / "w").exists()
+
+
+def test_train_script_is_a_thin_shell():
+    script = (REPO / "tools" / "train.py").read_text()
+    assert "from aerialseg.engine import train_main" in script
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "train.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0
+    for flag in ("--work-dir", "--resume", "--amp", "--cfg-options", "--launcher"):
+        assert flag in result.stdout
+
+
+def test_amp_switches_the_optim_wrapper(monkeypatch):
+    monkeypatch.setattr("mmengine.device.get_device", lambda: "cuda")
+    cfg = Config(dict(optim_wrapper=dict(type="OptimWrapper", optimizer=dict(type="AdamW"))))
+    enable_amp(cfg)
+    assert cfg.optim_wrapper.type == "AmpOptimWrapper"
+    assert cfg.optim_wrapper.loss_scale == "dynamic"
+
+    cfg = Config(dict(optim_wrapper=dict(type="DeepSpeedOptimWrapper")))
+    with pytest.raises(ValueError, match="DeepSpeedOptimWrapper"):
+        enable_amp(cfg)
+
+
+def test_config_overrides_and_work_dir_rules(tmp_path):
+    cfg = load_config(str(TINY_CONFIG), cfg_options={"train_cfg.max_iters": 7})
+    assert cfg.train_cfg.max_iters == 7
+    assert cfg.work_dir == os.path.join("work_dirs", "clipsam-tiny_aerial-d")
+    assert load_config(str(TINY_CONFIG), work_dir=str(tmp_path)).work_dir == str(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no_such_config.py"):
+        load_config(str(tmp_path / "no_such_config.py"))
+
+
+def test_resume_flag_forms(tmp_path):
+    cfg = Config(dict(resume=False, load_from="pretrained.pth"))
+    apply_resume(cfg, "auto")
+    assert cfg.resume is True and cfg.load_from is None
+
+    checkpoint = tmp_path / "iter_10.pth"
+    checkpoint.write_bytes(b"x")
+    apply_resume(cfg, str(checkpoint))
+    assert cfg.resume is True and cfg.load_from == str(checkpoint)
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        apply_resume(cfg, str(tmp_path / "missing.pth"))
