@@ -27,6 +27,7 @@ release, only the first one is read.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -38,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
+    "remove_stale_temp_files",
     "AerialDFormatError",
     "AerialGroup",
     "AerialObject",
@@ -602,6 +604,19 @@ def patch_to_element(annotation: PatchAnnotation) -> ET.Element:
                 _sub(node, "direction", rel.direction)
                 _sub(node, "distance", rel.distance)
     return root
+
+
+def remove_stale_temp_files(path: str | os.PathLike) -> list[Path]:
+    """Delete temp files that a killed :func:`write_patch_xml` left beside ``path``.
+
+    Call it only while no other process writes ``path`` (e.g. when a run resumes). Returns what was
+    removed.
+    """
+    path = Path(path)
+    stale = sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+    for temp in stale:
+        temp.unlink(missing_ok=True)
+    return stale
 
 
 def write_patch_xml(annotation: PatchAnnotation, path: str | os.PathLike) -> Path:

@@ -13,6 +13,7 @@ from aerialseg.datasets.aerial_d_format import (
     RLEMask,
     parse_rle_text,
     read_patch_xml,
+    remove_stale_temp_files,
     rle_run_lengths,
     write_patch_xml,
 )
@@ -170,3 +171,16 @@ def test_from_mask_round_trip():
     assert rle.size == (20, 30)
     assert np.array_equal(rle.decode(), mask)
     assert int(rle_run_lengths(rle.counts).sum()) == 600
+
+
+def test_stale_temp_files_of_a_killed_writer_are_removed(tmp_path):
+    patch = make_aerial_d_patches()["train"][0]
+    path = write_patch_xml(patch, tmp_path / "P0001_patch_000000.xml")
+    stale = tmp_path / ".P0001_patch_000000.xml.k3j9x.tmp"
+    stale.write_text("<annotation>half written")
+    other = tmp_path / ".P0002_patch_000000.xml.abcde.tmp"  # another file's temp is not touched
+    other.write_text("x")
+
+    assert remove_stale_temp_files(path) == [stale]
+    assert not stale.exists() and other.exists()
+    assert read_patch_xml(path) == patch

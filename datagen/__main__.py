@@ -1,0 +1,7 @@
+"""``python -m datagen STAGE ...``."""
+
+import sys
+
+from datagen.cli import main
+
+sys.exit(main())
