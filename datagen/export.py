@@ -29,7 +29,7 @@ from datagen.expressions import expressions_dir
 from datagen.historic import historic_choice, historic_dir
 from datagen.isaid_patches import patch_dir
 from datagen.rules import GRID_PHRASES, patch_units, upstream_fingerprint
-from datagen.stage_state import StageState, require_complete, run_units, summarize, write_report
+from datagen.stage_state import StageState, complete_stage, require_complete, run_units
 from datagen.storage import atomic_copy, atomic_write_bytes, atomic_write_json, read_json
 
 __all__ = [
@@ -389,8 +389,4 @@ def run_export(cfg: PipelineConfig, overwrite: bool = False) -> dict:
         c.get("objects_expressions", 0) + c.get("groups_expressions", 0)
         for c in stats["splits"].values()
     )
-    report = summarize("export", results, {"statistics": stats["splits"]})
-    report["counts"] = counts
-    write_report(work, report)
-    state.mark_complete(report)
-    return report
+    return complete_stage(state, results, {"statistics": stats["splits"], "counts": counts})

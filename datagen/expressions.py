@@ -36,7 +36,7 @@ from datagen.rules import (
     rules_dir,
     upstream_fingerprint,
 )
-from datagen.stage_state import StageState, require_complete, run_units, summarize, write_report
+from datagen.stage_state import StageState, complete_stage, require_complete, run_units
 from datagen.storage import atomic_write_json, read_json, stable_seed
 from datagen.uniqueness import CandidateTable, TargetTable, slot_bits, unique_candidates
 
@@ -514,7 +514,4 @@ def run_expressions(cfg: PipelineConfig, overwrite: bool = False) -> dict:
     results = run_units(
         state, cfg, units, _patch_unit, desc="expressions", unit="patch", overwrite=overwrite
     )
-    report = summarize("expressions", results)
-    write_report(cfg.work_path, report)
-    state.mark_complete(report)
-    return report
+    return complete_stage(state, results)

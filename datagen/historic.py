@@ -20,7 +20,7 @@ from datagen.config import HistoricConfig, PipelineConfig, fingerprint
 from datagen.expressions import expressions_dir
 from datagen.isaid_patches import patch_dir
 from datagen.rules import patch_units, upstream_fingerprint
-from datagen.stage_state import StageState, require_complete, run_units, summarize, write_report
+from datagen.stage_state import StageState, complete_stage, require_complete, run_units
 from datagen.storage import atomic_write_png, read_json, read_rgb, stable_seed
 
 __all__ = ["historic_choice", "historic_dir", "make_variant", "run_historic"]
@@ -93,7 +93,4 @@ def run_historic(cfg: PipelineConfig, overwrite: bool = False) -> dict:
         overwrite=overwrite,
         min_units_per_worker=2000,
     )
-    report = summarize("historic", results)
-    write_report(cfg.work_path, report)
-    state.mark_complete(report)
-    return report
+    return complete_stage(state, results)

@@ -30,7 +30,7 @@ from pycocotools import mask as mask_utils
 from datagen.classes import isaid_class
 from datagen.config import ISAIDConfig, PipelineConfig, fingerprint
 from datagen.records import Instance, Patch
-from datagen.stage_state import StageState, run_units, summarize, write_report
+from datagen.stage_state import StageState, complete_stage, run_units
 from datagen.storage import (
     SourceError,
     atomic_write_json,
@@ -63,6 +63,18 @@ class SourceAnnotation:
 
 def patch_dir(work_dir: Path, source: str, split: str) -> Path:
     return Path(work_dir) / "stages" / source / split
+
+
+def write_patch(
+    work_dir: Path, out: Path, patch: Patch, pixels: np.ndarray, compression: int
+) -> list[str]:
+    """Write a patch's PNG and annotation JSON under ``out``; return both paths relative to
+    ``work_dir`` (the unit's outputs, checked on resume)."""
+    image_path = out / "images" / f"{patch.name}.png"
+    ann_path = out / "annotations" / f"{patch.name}.json"
+    atomic_write_png(image_path, pixels, compression)
+    atomic_write_json(ann_path, patch.to_dict())
+    return [str(image_path.relative_to(work_dir)), str(ann_path.relative_to(work_dir))]
 
 
 def window_origins(length: int, patch: int, stride: int) -> list[int]:
@@ -266,11 +278,7 @@ def _image_unit(payload: dict) -> dict:
     out = patch_dir(work, "isaid", payload["split"])
     outputs, names = [], []
     for patch, pixels in patches:
-        image_path = out / "images" / f"{patch.name}.png"
-        ann_path = out / "annotations" / f"{patch.name}.json"
-        atomic_write_png(image_path, pixels, cfg.png_compression)
-        atomic_write_json(ann_path, patch.to_dict())
-        outputs += [str(image_path.relative_to(work)), str(ann_path.relative_to(work))]
+        outputs += write_patch(work, out, patch, pixels, cfg.png_compression)
         names.append(patch.name)
     counts["images"] += 1
     return {
@@ -363,10 +371,7 @@ def extract_isaid_patches(cfg: PipelineConfig, overwrite: bool = False) -> dict:
         state, cfg, units, _image_unit, desc="isaid patches", unit="image", overwrite=overwrite
     )
     write_index(work, "isaid", cfg.isaid.splits, results)
-    report = summarize("isaid", results, {"split_skips": dict(split_skips)})
-    write_report(work, report)
-    state.mark_complete(report)
-    return report
+    return complete_stage(state, results, {"split_skips": dict(split_skips)})
 
 
 def write_index(work: Path, source: str, splits: list[str], results: dict[str, dict]) -> None:

@@ -24,17 +24,10 @@ import numpy as np
 
 from datagen.classes import LOVEDA_INSTANCE_CLASSES, LOVEDA_REGION_CLASSES, class_by_key
 from datagen.config import InstanceRule, LoveDAConfig, PipelineConfig, fingerprint
-from datagen.isaid_patches import patch_dir, write_index
+from datagen.isaid_patches import patch_dir, write_index, write_patch
 from datagen.records import Instance, Patch, Region, encode_mask
-from datagen.stage_state import StageState, run_units, summarize, write_report
-from datagen.storage import (
-    InputError,
-    atomic_write_json,
-    atomic_write_png,
-    read_label_png,
-    read_rgb,
-    stable_seed,
-)
+from datagen.stage_state import StageState, complete_stage, run_units
+from datagen.storage import InputError, read_label_png, read_rgb, stable_seed
 from datagen.synthetic import LOVEDA_SPLIT_FOLDERS, loveda_paths
 
 __all__ = ["extract_loveda_patches", "find_instances", "find_regions", "tile_patches"]
@@ -179,11 +172,7 @@ def _tile_unit(payload: dict) -> dict:
             instances=instances,
             regions=regions,
         )
-        image_path = out / "images" / f"{patch.name}.png"
-        ann_path = out / "annotations" / f"{patch.name}.json"
-        atomic_write_png(image_path, rgb, cfg.png_compression)
-        atomic_write_json(ann_path, patch.to_dict())
-        outputs += [str(image_path.relative_to(work)), str(ann_path.relative_to(work))]
+        outputs += write_patch(work, out, patch, rgb, cfg.png_compression)
         names.append(patch.name)
         counts["patches"] += 1
         counts["instances"] += len(instances)
@@ -233,7 +222,4 @@ def extract_loveda_patches(cfg: PipelineConfig, overwrite: bool = False) -> dict
         state, cfg, units, _tile_unit, desc="loveda patches", unit="tile", overwrite=overwrite
     )
     write_index(work, "loveda", cfg.loveda.splits, results)
-    report = summarize("loveda", results)
-    write_report(work, report)
-    state.mark_complete(report)
-    return report
+    return complete_stage(state, results)

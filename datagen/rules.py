@@ -47,7 +47,7 @@ from datagen.records import (
     rle_area_bbox,
     rle_pixels,
 )
-from datagen.stage_state import StageState, require_complete, run_units, summarize, write_report
+from datagen.stage_state import StageState, complete_stage, require_complete, run_units
 from datagen.storage import atomic_write_json, read_json, read_rgb
 
 __all__ = [
@@ -611,7 +611,4 @@ def run_rules(cfg: PipelineConfig, overwrite: bool = False) -> dict:
     results = run_units(
         state, cfg, units, _patch_unit, desc="rules", unit="patch", overwrite=overwrite
     )
-    report = summarize("rules", results)
-    write_report(cfg.work_path, report)
-    state.mark_complete(report)
-    return report
+    return complete_stage(state, results)

@@ -184,3 +184,11 @@ def write_report(work_dir: Path, report: dict) -> Path:
     return atomic_write_json(
         Path(work_dir) / "reports" / f"{report['stage']}.json", report, indent=2
     )
+
+
+def complete_stage(state: StageState, results: dict[str, dict], extra: dict | None = None) -> dict:
+    """Summarize ``results`` into the stage report, write it and mark the stage complete."""
+    report = summarize(state.stage, results, extra)
+    write_report(state.work_dir, report)
+    state.mark_complete(report)
+    return report

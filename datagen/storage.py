@@ -3,16 +3,23 @@
 Every output is written to a hidden temp file in the target folder and moved into place with
 ``os.replace``, so a killed run leaves either the old file or the new one; :func:`remove_temp_files`
 sweeps the temp files a kill leaves behind.
+
+This module is the project's one home for atomic writes (``llm`` and ``aerialseg.datasets`` /
+``aerialseg.evaluation`` import them from here) because it must stay light: datagen worker processes
+import it, and anything under ``aerialseg`` imports the whole plugin (torch, mmseg).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import cv2
 import numpy as np
@@ -21,9 +28,11 @@ __all__ = [
     "InputError",
     "SourceError",
     "atomic_copy",
+    "atomic_open",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_png",
+    "atomic_write_text",
     "read_json",
     "read_label_png",
     "read_rgb",
@@ -53,25 +62,61 @@ def stable_seed(*parts: object) -> int:
     return int.from_bytes(digest, "little")
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``."""
-    path = Path(path)
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates 0600 files; finished outputs get the permissions a plain open() would give them.
+_FILE_MODE = 0o666 & ~_current_umask()
+
+
+def _make_temp(path: Path) -> tuple[int, str]:
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+
+
+@contextlib.contextmanager
+def atomic_open(
+    path: str | os.PathLike, mode: str = "wb", fsync: bool = False, **open_kwargs
+) -> Iterator[IO]:
+    """Open a temp file beside ``path`` for writing; on a clean exit it replaces ``path``.
+
+    An exception inside the ``with`` block deletes the temp file and leaves ``path`` untouched.
+    ``fsync`` flushes the data to disk before the replace (for files a crash must not truncate).
+    """
+    path = Path(path)
+    handle, temp = _make_temp(path)
     try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
+        os.fchmod(handle, _FILE_MODE)
+        with os.fdopen(handle, mode, **open_kwargs) as stream:
+            yield stream
+            if fsync:
+                stream.flush()
+                os.fsync(stream.fileno())
         os.replace(temp, path)
     except BaseException:
         if os.path.exists(temp):
             os.unlink(temp)
         raise
-    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = False) -> Path:
+    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``."""
+    with atomic_open(path, "wb", fsync=fsync) as stream:
+        stream.write(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` as UTF-8 (newlines untranslated) atomically."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: str | os.PathLike, data, indent: int | None = None) -> Path:
     text = json.dumps(data, indent=indent, separators=None if indent else (",", ":"))
-    return atomic_write_bytes(path, text.encode("utf-8"))
+    return atomic_write_text(path, text)
 
 
 def atomic_write_png(path: str | os.PathLike, image: np.ndarray, compression: int = 1) -> Path:
@@ -86,10 +131,7 @@ def atomic_write_png(path: str | os.PathLike, image: np.ndarray, compression: in
 def atomic_copy(source: str | os.PathLike, target: str | os.PathLike) -> Path:
     """Copy (hard link when possible) ``source`` to ``target`` atomically."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(
-        dir=target.parent, prefix=f".{target.name}.", suffix=TEMP_SUFFIX
-    )
+    handle, temp = _make_temp(target)
     os.close(handle)
     try:
         os.unlink(temp)

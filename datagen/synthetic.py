@@ -30,7 +30,7 @@ import numpy as np
 
 from datagen.classes import CLASSES
 from datagen.config import PipelineConfig, fingerprint
-from datagen.stage_state import StageState, run_units, summarize, write_report
+from datagen.stage_state import StageState, complete_stage, run_units
 from datagen.storage import atomic_write_json, atomic_write_png, read_json, stable_seed
 
 __all__ = [
@@ -629,10 +629,7 @@ def generate_sources(cfg: PipelineConfig, overwrite: bool = False) -> dict:
         if syn.isaid_images.get(split, 0) == 0:
             continue
         _write_isaid_json(work, isaid_root, split, entries, syn.isaid_width, syn.isaid_height)
-    report = summarize("synthetic", results)
-    write_report(work, report)
-    state.mark_complete(report)
-    return report
+    return complete_stage(state, results)
 
 
 def _write_isaid_json(

@@ -68,26 +68,26 @@ def api_key(backend: BackendConfig) -> str:
     return value
 
 
-def make_async_client(backend: BackendConfig):
-    from openai import AsyncOpenAI
-
-    return AsyncOpenAI(
+def _client_options(backend: BackendConfig) -> dict:
+    # Retries are ours (llm.enhance backs off and resamples), so the SDK must not retry on its own.
+    return dict(
         api_key=api_key(backend),
         base_url=backend.base_url,
         timeout=backend.timeout_s,
         max_retries=0,
     )
+
+
+def make_async_client(backend: BackendConfig):
+    from openai import AsyncOpenAI
+
+    return AsyncOpenAI(**_client_options(backend))
 
 
 def make_client(backend: BackendConfig):
     from openai import OpenAI
 
-    return OpenAI(
-        api_key=api_key(backend),
-        base_url=backend.base_url,
-        timeout=backend.timeout_s,
-        max_retries=0,
-    )
+    return OpenAI(**_client_options(backend))
 
 
 def chat_request_body(

@@ -23,8 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
+from datagen.storage import atomic_write_text
 from llm.backend import chat_request_body, make_client
-from llm.cache import ResponseCache, atomic_write_text, request_key
+from llm.cache import ResponseCache, request_key
 from llm.config import EnhanceConfig
 from llm.enhance import EnhanceRunner, RunOptions, RunSummary
 from llm.prompt import build_prompt, openai_messages, prompt_version
@@ -94,7 +97,9 @@ class BatchJob:
         selected = planner.select_sample(files) if options.sample is not None else None
         summary = PrepareSummary()
         writer = _PartWriter(self.folder, len(state["parts"]), max_requests, max_bytes)
-        for file in files:
+        for file in tqdm(
+            files, desc="llm batch prepare", unit="file", disable=not options.progress
+        ):
             for target in planner.plan(file, selected).todo:
                 try:
                     images = render_enhance_target(target, self.config.render)

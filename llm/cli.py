@@ -127,7 +127,7 @@ def _batch(args) -> int:
     config = load_enhance_config(args.config)
     job = BatchJob(config, args.work_dir)
     if args.step == "prepare":
-        options = RunOptions(sample=args.sample, sample_seed=args.sample_seed, progress=False)
+        options = RunOptions(sample=args.sample, sample_seed=args.sample_seed)
         result = job.prepare(_files(args), options, args.max_requests, args.max_bytes)
         print(json.dumps(result.__dict__, indent=2))
         return 0

@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from llm.cache import atomic_write_text
+from datagen.storage import atomic_write_text
 from llm.config import ConfigSection, ValidationConfig, load_yaml, parse_config
 from llm.schema import InvalidAnswer, validate_answer
 from llm.targets import OriginalExpression

@@ -23,7 +23,9 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from llm.cache import atomic_write_text
+from tqdm import tqdm
+
+from datagen.storage import atomic_write_bytes, atomic_write_text
 from llm.config import EnhanceConfig
 from llm.ledger import Ledger
 from llm.prompt import build_prompt, hf_messages, prompt_version
@@ -63,7 +65,7 @@ def build_sft_set(
     images_dir = out_dir / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
     wanted = {record["annotation"] for record in records.values()}
-    for file in files:
+    for file in tqdm(files, desc="llm build-sft", unit="file"):
         if file.rel not in wanted:
             continue
         for target, _ in targets_of_patch(file.read(), file):
@@ -82,7 +84,7 @@ def build_sft_set(
             for index, data in ((1, images.first_bytes), (2, images.second_bytes)):
                 path = images_dir / f"{images.digest[:24]}-{index}.{suffix}"
                 if not path.is_file():
-                    path.write_bytes(data)
+                    atomic_write_bytes(path, data)
                 paths.append(path.relative_to(out_dir).as_posix())
             prompt = build_prompt(target, images.mode, config)
             answer = json.dumps(record["result"], ensure_ascii=False)

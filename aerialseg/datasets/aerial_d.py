@@ -5,7 +5,6 @@ from __future__ import annotations
 import glob
 import os
 import os.path as osp
-import tempfile
 from collections.abc import Sequence
 
 from mmseg.registry import DATASETS
@@ -19,6 +18,7 @@ from aerialseg.datasets.aerial_d_format import (
     read_patch_xml,
 )
 from aerialseg.datasets.base import BaseReferringDataset, DatasetFormatError, require_path
+from datagen.storage import atomic_write_bytes
 
 __all__ = ["AerialDDataset", "samples_from_patch"]
 
@@ -225,10 +225,7 @@ class AerialDDataset(BaseReferringDataset):
                 data = image.get("bytes") if isinstance(image, dict) else None
                 if not data:
                     raise AerialDFormatError(f"{path}: row for '{filename}' has no image bytes")
-                handle, temp = tempfile.mkstemp(dir=out_dir, suffix=".tmp")
-                with os.fdopen(handle, "wb") as stream:
-                    stream.write(data)
-                os.replace(temp, osp.join(out_dir, filename))
+                atomic_write_bytes(osp.join(out_dir, filename), data)
                 remaining.discard(filename)
             if not remaining:
                 break

@@ -31,12 +31,13 @@ import glob
 import json
 import os
 import re
-import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from datagen.storage import TEMP_SUFFIX, atomic_open
 
 __all__ = [
     "remove_stale_temp_files",
@@ -613,7 +614,7 @@ def remove_stale_temp_files(path: str | os.PathLike) -> list[Path]:
     removed.
     """
     path = Path(path)
-    stale = sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+    stale = sorted(path.parent.glob(f".{glob.escape(path.name)}.*{TEMP_SUFFIX}"))
     for temp in stale:
         temp.unlink(missing_ok=True)
     return stale
@@ -624,19 +625,8 @@ def write_patch_xml(annotation: PatchAnnotation, path: str | os.PathLike) -> Pat
 
     A crash mid-write leaves either the old file or the new one, never a partial file.
     """
-    path = Path(path)
     root = patch_to_element(annotation)
     ET.indent(root)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            ET.ElementTree(root).write(stream, encoding="utf-8", xml_declaration=True)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        if os.path.exists(temp_name):
-            os.unlink(temp_name)
-        raise
-    return path
+    with atomic_open(path, "wb", fsync=True) as stream:
+        ET.ElementTree(root).write(stream, encoding="utf-8", xml_declaration=True)
+    return Path(path)

@@ -11,6 +11,8 @@ import numpy as np
 from mmcv.transforms import Compose
 from PIL import Image, ImageDraw, ImageFont
 
+from datagen.storage import atomic_open
+
 __all__ = ["BROWSE_PIPELINE", "browse_main", "render_sample", "render_samples"]
 
 # Images and masks at their original size: what the annotation says, before any model resizing.
@@ -96,7 +98,8 @@ def render_samples(
             f"{results['expr_id']}"
         )
         path = osp.join(out_dir, f"{name}.png")
-        image.save(path)
+        with atomic_open(path, "wb") as stream:
+            image.save(stream, format="PNG")
         paths.append(path)
     return paths
 

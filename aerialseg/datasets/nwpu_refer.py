@@ -10,7 +10,7 @@ from mmengine.logging import print_log
 from mmseg.registry import DATASETS
 
 from aerialseg.datasets.base import BaseReferringDataset, DatasetFormatError, require_path
-from aerialseg.datasets.refer_io import load_coco_json, load_refs_pickle, sentence_text
+from aerialseg.datasets.refer_io import load_refer, sentence_text
 
 __all__ = ["NWPUReferDataset", "sentence_language"]
 
@@ -76,34 +76,19 @@ class NWPUReferDataset(BaseReferringDataset):
         super().__init__(data_root=data_root, split=split, **kwargs)
 
     def load_samples(self) -> list[dict]:
-        refs_path = self.join(self.refs_file)
-        instances_path = self.join(self.instances_file)
-        refs = load_refs_pickle(refs_path)
-        instances = load_coco_json(instances_path, "NWPU-Refer instances")
+        refer = load_refer(self.join(self.refs_file), self.join(self.instances_file), "NWPU-Refer")
         img_dir = require_path(self.join(self.img_dir), "NWPU-Refer image", directory=True)
-        images = {img["id"]: img for img in instances["images"]}
-        annotations = {ann["id"]: ann for ann in instances["annotations"]}
-        categories = {cat["id"]: cat["name"] for cat in instances.get("categories", [])}
 
         # (image_id, text) -> ordered unique ann ids, in first-seen order.
         expressions: dict[tuple, list] = {}
         skipped = 0
-        for ref in refs:
+        for ref in refer.refs:
             if ref["split"] != self.split:
                 continue
-            ref_id = ref.get("ref_id", "?")
-            if ref["image_id"] not in images:
-                raise DatasetFormatError(
-                    f"{refs_path}: ref {ref_id} names image_id {ref['image_id']}, "
-                    f"which is not in {instances_path}"
-                )
+            refer.image(ref)
             ann_ids = _ann_ids(ref)
             for ann_id in ann_ids:
-                if ann_id not in annotations:
-                    raise DatasetFormatError(
-                        f"{refs_path}: ref {ref_id} names ann_id {ann_id}, "
-                        f"which is not in {instances_path}"
-                    )
+                refer.annotation(ref, ann_id)
             texts = [
                 sentence_text(s)
                 for s in ref["sentences"]
@@ -124,19 +109,19 @@ class NWPUReferDataset(BaseReferringDataset):
         samples = []
         expr_counter: dict = {}
         for (image_id, text), ann_ids in expressions.items():
-            image = images[image_id]
+            image = refer.images[image_id]
             polygons, names = [], []
             for ann_id in ann_ids:
-                ann = annotations[ann_id]
+                ann = refer.annotations[ann_id]
                 segmentation = ann.get("segmentation")
                 if not isinstance(segmentation, list) or not all(
                     isinstance(p, (list, tuple)) for p in segmentation
                 ):
                     raise DatasetFormatError(
-                        f"{instances_path}: annotation {ann_id} segmentation must be polygons"
+                        f"{refer.instances_path}: annotation {ann_id} segmentation must be polygons"
                     )
                 polygons.extend(list(map(float, p)) for p in segmentation)
-                names.append(categories.get(ann.get("category_id"), str(ann.get("category_id"))))
+                names.append(refer.category_name(ann.get("category_id")))
             target_id = "+".join(str(a) for a in sorted(ann_ids, key=str)) or "none"
             key = (image_id, target_id)
             expr_counter[key] = expr_counter.get(key, -1) + 1

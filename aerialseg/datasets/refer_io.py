@@ -10,10 +10,11 @@ from __future__ import annotations
 import io
 import json
 import pickle
+from dataclasses import dataclass
 
 from aerialseg.datasets.base import DatasetFormatError, require_path
 
-__all__ = ["load_coco_json", "load_refs_pickle", "sentence_text"]
+__all__ = ["ReferAnnotations", "load_coco_json", "load_refer", "load_refs_pickle", "sentence_text"]
 
 
 class _LiteralUnpickler(pickle.Unpickler):
@@ -69,3 +70,53 @@ def sentence_text(sentence) -> str:
     if isinstance(sentence, dict):
         return str(sentence.get("sent") or sentence.get("raw") or "").strip()
     return ""
+
+
+@dataclass
+class ReferAnnotations:
+    """A refs pickle joined with its COCO instances JSON (``images``/``annotations``/``categories``
+    keyed by id); lookups raise ``DatasetFormatError`` naming both files."""
+
+    refs_path: str
+    instances_path: str
+    refs: list[dict]
+    images: dict
+    annotations: dict
+    categories: dict
+
+    def image(self, ref: dict) -> dict:
+        """The image entry of ``ref``."""
+        image = self.images.get(ref["image_id"])
+        if image is None:
+            raise self._dangling(ref, "image_id", ref["image_id"])
+        return image
+
+    def annotation(self, ref: dict, ann_id) -> dict:
+        """The annotation ``ann_id`` that ``ref`` names."""
+        ann = self.annotations.get(ann_id)
+        if ann is None:
+            raise self._dangling(ref, "ann_id", ann_id)
+        return ann
+
+    def category_name(self, category_id) -> str:
+        return self.categories.get(category_id, str(category_id))
+
+    def _dangling(self, ref: dict, field: str, value) -> DatasetFormatError:
+        return DatasetFormatError(
+            f"{self.refs_path}: ref {ref.get('ref_id', '?')} names {field} {value}, "
+            f"which is not in {self.instances_path}"
+        )
+
+
+def load_refer(refs_path: str, instances_path: str, dataset_label: str) -> ReferAnnotations:
+    """Read and index a REFER-style dataset's refs pickle and instances JSON."""
+    refs = load_refs_pickle(refs_path)
+    instances = load_coco_json(instances_path, f"{dataset_label} instances")
+    return ReferAnnotations(
+        refs_path=refs_path,
+        instances_path=instances_path,
+        refs=refs,
+        images={img["id"]: img for img in instances["images"]},
+        annotations={ann["id"]: ann for ann in instances["annotations"]},
+        categories={cat["id"]: cat["name"] for cat in instances.get("categories", [])},
+    )

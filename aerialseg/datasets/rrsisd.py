@@ -9,7 +9,7 @@ from mmseg.registry import DATASETS
 
 from aerialseg.datasets.base import BaseReferringDataset, DatasetFormatError, require_path
 from aerialseg.datasets.masks import coco_segmentation_to_spec
-from aerialseg.datasets.refer_io import load_coco_json, load_refs_pickle, sentence_text
+from aerialseg.datasets.refer_io import load_refer, sentence_text
 
 __all__ = ["RRSISDDataset"]
 
@@ -52,34 +52,18 @@ class RRSISDDataset(BaseReferringDataset):
         super().__init__(data_root=data_root, split=split, **kwargs)
 
     def load_samples(self) -> list[dict]:
-        refs_path = self.join(self.refs_file)
-        instances_path = self.join(self.instances_file)
-        refs = load_refs_pickle(refs_path)
-        instances = load_coco_json(instances_path, "RRSIS-D instances")
+        refer = load_refer(self.join(self.refs_file), self.join(self.instances_file), "RRSIS-D")
         img_dir = require_path(self.join(self.img_dir), "RRSIS-D image", directory=True)
-        images = {img["id"]: img for img in instances["images"]}
-        annotations = {ann["id"]: ann for ann in instances["annotations"]}
-        categories = {cat["id"]: cat["name"] for cat in instances.get("categories", [])}
         samples, empty_sentences = [], 0
-        for ref in refs:
+        for ref in refer.refs:
             if ref["split"] != self.split:
                 continue
             ref_id = ref.get("ref_id", ref["ann_id"])
-            ann = annotations.get(ref["ann_id"])
-            if ann is None:
-                raise DatasetFormatError(
-                    f"{refs_path}: ref {ref_id} names ann_id {ref['ann_id']}, "
-                    f"which is not in {instances_path}"
-                )
-            image = images.get(ref["image_id"])
-            if image is None:
-                raise DatasetFormatError(
-                    f"{refs_path}: ref {ref_id} names image_id {ref['image_id']}, "
-                    f"which is not in {instances_path}"
-                )
+            ann = refer.annotation(ref, ref["ann_id"])
+            image = refer.image(ref)
             if "segmentation" not in ann:
                 raise DatasetFormatError(
-                    f"{instances_path}: annotation {ann['id']} lacks segmentation"
+                    f"{refer.instances_path}: annotation {ann['id']} lacks segmentation"
                 )
             try:
                 mask_spec = coco_segmentation_to_spec(
@@ -87,7 +71,7 @@ class RRSISDDataset(BaseReferringDataset):
                 )
             except (ValueError, KeyError) as exc:
                 raise DatasetFormatError(
-                    f"{instances_path}: annotation {ann['id']} segmentation: {exc}"
+                    f"{refer.instances_path}: annotation {ann['id']} segmentation: {exc}"
                 ) from None
             category_id = ref.get("category_id", ann.get("category_id", ann.get("categories_id")))
             for index, sentence in enumerate(ref["sentences"]):
@@ -106,7 +90,7 @@ class RRSISDDataset(BaseReferringDataset):
                         expr_type="original",
                         target_type="instance",
                         dataset_name=self.DATASET_NAME,
-                        category=categories.get(category_id, str(category_id)),
+                        category=refer.category_name(category_id),
                         subset="",
                         **mask_spec,
                     )

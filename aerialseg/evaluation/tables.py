@@ -8,8 +8,9 @@ import json
 import math
 import os
 import os.path as osp
-import tempfile
 from collections.abc import Mapping, Sequence
+
+from datagen.storage import atomic_write_text
 
 __all__ = ["format_markdown", "metric_rows", "write_benchmark_tables"]
 
@@ -66,13 +67,6 @@ def _json_safe(value):
     return value
 
 
-def _write_atomic(path: str, text: str) -> None:
-    handle, temp = tempfile.mkstemp(dir=osp.dirname(path) or ".", suffix=".tmp")
-    with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
-        stream.write(text)
-    os.replace(temp, path)
-
-
 def write_benchmark_tables(
     results: Sequence[Mapping],
     out_dir: str,
@@ -106,8 +100,8 @@ def write_benchmark_tables(
         "csv": osp.join(out_dir, f"{stem}.csv"),
         "json": osp.join(out_dir, f"{stem}.json"),
     }
-    _write_atomic(paths["markdown"], markdown)
-    _write_atomic(paths["csv"], buffer.getvalue())
+    atomic_write_text(paths["markdown"], markdown)
+    atomic_write_text(paths["csv"], buffer.getvalue())
     payload = {"meta": dict(meta or {}), "rows": rows, "results": [dict(r) for r in results]}
-    _write_atomic(paths["json"], json.dumps(_json_safe(payload), indent=2, default=str) + "\n")
+    atomic_write_text(paths["json"], json.dumps(_json_safe(payload), indent=2, default=str) + "\n")
     return {**paths, "table": table}

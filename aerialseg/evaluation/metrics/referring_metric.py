@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import os.path as osp
 from collections.abc import Sequence
 
@@ -13,6 +12,8 @@ import torch.nn.functional as F
 from mmengine.evaluator import BaseMetric
 from mmengine.logging import print_log
 from mmseg.registry import METRICS
+
+from datagen.storage import atomic_open
 
 __all__ = ["ReferringMetric", "summarize_ious"]
 
@@ -177,11 +178,8 @@ class ReferringMetric(BaseMetric):
         return summarize_ious(intersections, unions, self.iou_thrs, self.threshold_comparison)
 
     def _write_records(self, results: list[dict], intersections, unions) -> None:
-        os.makedirs(self.output_dir, exist_ok=True)
         path = osp.join(self.output_dir, "per_sample.jsonl")
-        temp = path + ".tmp"
         ious = np.divide(intersections, unions, out=np.ones_like(unions), where=unions > 0)
-        with open(temp, "w", encoding="utf-8") as stream:
+        with atomic_open(path, "w", encoding="utf-8") as stream:
             for record, iou in zip(results, ious):
                 stream.write(json.dumps({**record, "iou": float(iou)}) + "\n")
-        os.replace(temp, path)

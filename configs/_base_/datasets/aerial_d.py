@@ -1,5 +1,5 @@
 # AerialDDataset (see docs/datasets.md for the expected layout under data/aerial_d).
-_base_ = ["./referring_pipelines.py"]
+_base_ = ["./referring_loaders.py"]
 
 aerial_d_root = "data/aerial_d"
 aerial_d_train = dict(
@@ -15,26 +15,6 @@ aerial_d_test = dict(
     type="AerialDDataset", data_root=aerial_d_root, split="val", pipeline={{_base_.test_pipeline}}
 )
 
-train_dataloader = dict(
-    batch_size=2,
-    num_workers=2,
-    persistent_workers=True,
-    sampler=dict(type="InfiniteSampler", shuffle=True),
-    dataset=aerial_d_train,
-)
-val_dataloader = dict(
-    batch_size=1,
-    num_workers=2,
-    persistent_workers=True,
-    sampler=dict(type="DefaultSampler", shuffle=False),
-    dataset=aerial_d_val,
-)
-test_dataloader = dict(
-    batch_size=1,
-    num_workers=2,
-    persistent_workers=True,
-    sampler=dict(type="DefaultSampler", shuffle=False),
-    dataset=aerial_d_test,
-)
-val_evaluator = {{_base_.referring_evaluator}}
-test_evaluator = {{_base_.referring_evaluator}}
+train_dataloader = dict(dataset=aerial_d_train)
+val_dataloader = dict(dataset=aerial_d_val)
+test_dataloader = dict(dataset=aerial_d_test)

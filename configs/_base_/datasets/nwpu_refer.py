@@ -1,5 +1,5 @@
 # NWPUReferDataset (see docs/datasets.md for the expected layout under data/nwpu_refer).
-_base_ = ["./referring_pipelines.py"]
+_base_ = ["./referring_loaders.py"]
 
 nwpu_refer_root = "data/nwpu_refer"
 nwpu_refer_train = dict(
@@ -21,26 +21,6 @@ nwpu_refer_test = dict(
     pipeline={{_base_.test_pipeline}},
 )
 
-train_dataloader = dict(
-    batch_size=2,
-    num_workers=2,
-    persistent_workers=True,
-    sampler=dict(type="InfiniteSampler", shuffle=True),
-    dataset=nwpu_refer_train,
-)
-val_dataloader = dict(
-    batch_size=1,
-    num_workers=2,
-    persistent_workers=True,
-    sampler=dict(type="DefaultSampler", shuffle=False),
-    dataset=nwpu_refer_val,
-)
-test_dataloader = dict(
-    batch_size=1,
-    num_workers=2,
-    persistent_workers=True,
-    sampler=dict(type="DefaultSampler", shuffle=False),
-    dataset=nwpu_refer_test,
-)
-val_evaluator = {{_base_.referring_evaluator}}
-test_evaluator = {{_base_.referring_evaluator}}
+train_dataloader = dict(dataset=nwpu_refer_train)
+val_dataloader = dict(dataset=nwpu_refer_val)
+test_dataloader = dict(dataset=nwpu_refer_test)

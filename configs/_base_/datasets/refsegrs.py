@@ -1,5 +1,5 @@
 # RefSegRSDataset (see docs/datasets.md for the expected layout under data/refsegrs).
-_base_ = ["./referring_pipelines.py"]
+_base_ = ["./referring_loaders.py"]
 
 refsegrs_root = "data/refsegrs"
 refsegrs_train = dict(
@@ -15,26 +15,6 @@ refsegrs_test = dict(
     type="RefSegRSDataset", data_root=refsegrs_root, split="test", pipeline={{_base_.test_pipeline}}
 )
 
-train_dataloader = dict(
-    batch_size=2,
-    num_workers=2,
-    persistent_workers=True,
-    sampler=dict(type="InfiniteSampler", shuffle=True),
-    dataset=refsegrs_train,
-)
-val_dataloader = dict(
-    batch_size=1,
-    num_workers=2,
-    persistent_workers=True,
-    sampler=dict(type="DefaultSampler", shuffle=False),
-    dataset=refsegrs_val,
-)
-test_dataloader = dict(
-    batch_size=1,
-    num_workers=2,
-    persistent_workers=True,
-    sampler=dict(type="DefaultSampler", shuffle=False),
-    dataset=refsegrs_test,
-)
-val_evaluator = {{_base_.referring_evaluator}}
-test_evaluator = {{_base_.referring_evaluator}}
+train_dataloader = dict(dataset=refsegrs_train)
+val_dataloader = dict(dataset=refsegrs_val)
+test_dataloader = dict(dataset=refsegrs_test)

@@ -1,5 +1,5 @@
 # Urban1960Dataset (see docs/datasets.md for the expected layout under data/urban1960).
-_base_ = ["./referring_pipelines.py"]
+_base_ = ["./referring_loaders.py"]
 
 urban1960_root = "data/urban1960"
 urban1960_train = dict(
@@ -21,26 +21,6 @@ urban1960_test = dict(
     pipeline={{_base_.test_pipeline}},
 )
 
-train_dataloader = dict(
-    batch_size=2,
-    num_workers=2,
-    persistent_workers=True,
-    sampler=dict(type="InfiniteSampler", shuffle=True),
-    dataset=urban1960_train,
-)
-val_dataloader = dict(
-    batch_size=1,
-    num_workers=2,
-    persistent_workers=True,
-    sampler=dict(type="DefaultSampler", shuffle=False),
-    dataset=urban1960_val,
-)
-test_dataloader = dict(
-    batch_size=1,
-    num_workers=2,
-    persistent_workers=True,
-    sampler=dict(type="DefaultSampler", shuffle=False),
-    dataset=urban1960_test,
-)
-val_evaluator = {{_base_.referring_evaluator}}
-test_evaluator = {{_base_.referring_evaluator}}
+train_dataloader = dict(dataset=urban1960_train)
+val_dataloader = dict(dataset=urban1960_val)
+test_dataloader = dict(dataset=urban1960_test)
