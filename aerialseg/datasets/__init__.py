@@ -26,6 +26,7 @@ from aerialseg.datasets.nwpu_refer import NWPUReferDataset
 from aerialseg.datasets.refsegrs import RefSegRSDataset
 from aerialseg.datasets.rrsisd import RRSISDDataset
 from aerialseg.datasets.urban1960 import Urban1960Dataset
+from aerialseg.datasets.weighted_sampler import WeightedDatasetSampler
 
 __all__ = [
     "DATASET_NAMES",
@@ -44,6 +45,7 @@ __all__ = [
     "RRSISDDataset",
     "RefSegRSDataset",
     "Urban1960Dataset",
+    "WeightedDatasetSampler",
     "read_patch_xml",
     "samples_from_patch",
     "write_patch_xml",

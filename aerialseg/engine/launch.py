@@ -97,6 +97,26 @@ def apply_resume(cfg: Config, resume: str | None) -> None:
         cfg.load_from = resume
 
 
+def prepare_cpu_distributed(cfg: Config) -> None:
+    """Let ``--launcher pytorch`` (torchrun) train on machines without a GPU.
+
+    mmengine's launcher calls ``torch.cuda.set_device`` before it creates the process group, which
+    fails without CUDA. A gloo group created here first is reused by the runner, and DDP wraps the
+    CPU modules without device ids.
+    """
+    import torch
+    import torch.distributed as dist
+
+    if cfg.launcher != "pytorch" or torch.cuda.is_available():
+        return
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    cfg.setdefault("env_cfg", {}).setdefault("dist_cfg", {})["backend"] = "gloo"
+    wrapper = cfg.get("model_wrapper_cfg") or dict(type="MMDistributedDataParallel")
+    wrapper["device_ids"] = None
+    cfg.model_wrapper_cfg = wrapper
+
+
 def build_runner(cfg: Config):
     """Build a ``Runner``, or the config's ``runner_type`` (``FlexibleRunner``: DeepSpeed, FSDP)."""
     if "runner_type" not in cfg:
@@ -130,6 +150,7 @@ def train_main(argv: list[str] | None = None):
     if args.amp:
         enable_amp(cfg)
     apply_resume(cfg, args.resume)
+    prepare_cpu_distributed(cfg)
     runner = build_runner(cfg)
     runner.train()
     return runner

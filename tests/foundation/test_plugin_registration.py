@@ -10,7 +10,12 @@ from mmengine.registry import init_default_scope
 from mmseg.registry import DATASETS, METRICS, MODELS, TRANSFORMS
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIGS = sorted(p for p in (REPO / "configs").glob("**/*.py") if "_base_" not in p.parts)
+# Runner configs; configs/demo.py holds the settings of `aerialseg demo`, not a runner config.
+CONFIGS = sorted(
+    p
+    for p in (REPO / "configs").glob("**/*.py")
+    if "_base_" not in p.parts and p != REPO / "configs" / "demo.py"
+)
 
 
 def registered_by_aerialseg(registry) -> set[str]:
