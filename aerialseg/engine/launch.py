@@ -126,8 +126,15 @@ def build_runner(cfg: Config):
     return RUNNERS.build(cfg)
 
 
-def set_local_rank(local_rank: int) -> None:
-    os.environ.setdefault("LOCAL_RANK", str(local_rank))
+def set_local_rank(local_rank: int, launcher: str) -> None:
+    """Expose ``--local-rank`` (from ``torch.distributed.launch``) as ``LOCAL_RANK`` for mmengine.
+
+    Only for distributed launches: a ``LOCAL_RANK`` left in the environment of a single-process
+    run makes other libraries in the same process (e.g. transformers' Trainer) think they are
+    distributed.
+    """
+    if launcher != "none":
+        os.environ.setdefault("LOCAL_RANK", str(local_rank))
 
 
 def train_main(argv: list[str] | None = None):
@@ -144,7 +151,7 @@ def train_main(argv: list[str] | None = None):
     parser.add_argument("--amp", action="store_true", help="automatic mixed precision training")
     add_common_arguments(parser)
     args = parser.parse_args(argv)
-    set_local_rank(args.local_rank)
+    set_local_rank(args.local_rank, args.launcher)
 
     cfg = load_config(args.config, args.work_dir, args.cfg_options, args.launcher)
     if args.amp:

@@ -155,7 +155,7 @@ def test_main(argv: list[str] | None = None) -> list[dict]:
     )
     add_common_arguments(parser)
     args = parser.parse_args(argv)
-    set_local_rank(args.local_rank)
+    set_local_rank(args.local_rank, args.launcher)
     if not osp.isfile(args.checkpoint):
         raise FileNotFoundError(f"checkpoint file not found: '{args.checkpoint}'")
 

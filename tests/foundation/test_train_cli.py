@@ -21,6 +21,7 @@ TINY_CONFIG = REPO / "configs" / "clipsam" / "clipsam-tiny_aerial-d.py"
 @pytest.mark.slow
 def test_train_then_resume_through_the_command_line(tmp_path, monkeypatch, capfd):
     monkeypatch.chdir(tmp_path)  # the tiny config's paths are relative, as in a checkout
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
     write_tiny_checkpoints()
     write_tiny_aerial_d()
 
@@ -28,6 +29,7 @@ def test_train_then_resume_through_the_command_line(tmp_path, monkeypatch, capfd
     options = ["--cfg-options", "default_hooks.checkpoint.interval=2", "train_cfg.val_interval=100"]
     first = train_main([*common, *options, "train_cfg.max_iters=2"])
     assert first.iter == 2
+    assert "LOCAL_RANK" not in os.environ  # a single-process run must not look distributed
     assert safe_torch_load(tmp_path / "work" / "iter_2.pth")["meta"]["iter"] == 2
     capfd.readouterr()
 

@@ -18,16 +18,6 @@ TINY_CONFIG = REPO / "configs" / "clipsam" / "clipsam-tiny_aerial-d.py"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """The tiny model's ops are small: on a shared 2-core machine one thread is faster than two
-    threads fighting other processes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def tiny_assets(tmp_path_factory) -> dict:
     """The tiny SigLIP folder, SAM .pth and Aerial-D set, written through the real writers."""
