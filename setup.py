@@ -28,7 +28,11 @@ setup(
     packages=find_packages(include=["aerialseg*", "datagen*", "llm*"]),
     include_package_data=True,
     # Default configs travel with the packages so non-editable installs find them too.
-    package_data={"datagen": ["configs/*.yaml"], "llm": ["configs/*.yaml"]},
+    package_data={
+        "datagen": ["configs/*.yaml"],
+        "llm": ["configs/*.yaml"],
+        "aerialseg.serve": ["static/*"],
+    },
     # torch, torchvision and mmcv need special install steps (see the Makefile), so they are not
     # listed here: pip would otherwise replace the CUDA torch or try an unbuildable mmcv wheel.
     install_requires=read_requirements("runtime.txt"),
