@@ -4,7 +4,6 @@ from aerialseg.engine.checkpoint import (
     CheckpointError,
     UnsafeCheckpointError,
     allow_checkpoint_globals,
-    safe_globals,
     safe_torch_load,
 )
 from aerialseg.engine.launch import build_runner, load_config, train_main
@@ -15,7 +14,6 @@ __all__ = [
     "allow_checkpoint_globals",
     "build_runner",
     "load_config",
-    "safe_globals",
     "safe_torch_load",
     "train_main",
 ]

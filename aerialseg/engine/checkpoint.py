@@ -89,11 +89,6 @@ def allow_checkpoint_globals(objects: Iterable) -> None:
     torch.serialization.add_safe_globals(objects)
 
 
-def safe_globals() -> tuple:
-    """The allow-listed globals, for inspection and tests."""
-    return tuple(_SAFE_GLOBALS)
-
-
 _GLOBAL_IN_MESSAGE = re.compile(r"(?:Unsupported global: GLOBAL|global) ([\w.]+)")
 
 
@@ -132,9 +127,8 @@ def safe_torch_load(path: str | os.PathLike, map_location="cpu"):
         raise FileNotFoundError(f"checkpoint not found: '{path}'")
     if os.path.getsize(path) == 0:
         raise CheckpointError(f"checkpoint '{path}' is empty (0 bytes)")
-    try:
-        with torch.serialization.safe_globals(_SAFE_GLOBALS):
-            return torch.load(path, map_location=map_location, weights_only=True)
+    try:  # the allow-list is registered globally below, for mmengine's own torch.load calls too
+        return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         if "Weights only load failed" in str(error):
             raise UnsafeCheckpointError(path, _unsafe_globals(path, error)) from None

@@ -15,7 +15,12 @@ from mmengine.runner import Runner, load_checkpoint
 from torch.utils.data import Dataset
 
 import aerialseg  # noqa: F401  (routes mmengine's local checkpoint loader through safe_torch_load)
-from aerialseg.engine import CheckpointError, UnsafeCheckpointError, safe_torch_load
+from aerialseg.engine import (
+    CheckpointError,
+    UnsafeCheckpointError,
+    allow_checkpoint_globals,
+    safe_torch_load,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -197,3 +202,19 @@ def test_no_code_loads_checkpoints_with_weights_only_false():
     assert sources, "no project sources found"
     offenders = [str(p.relative_to(REPO)) for p in sources if pattern.search(p.read_text())]
     assert offenders == [], f"checkpoint loading with weights_only switched off in {offenders}"
+
+
+class TrustedRecord:
+    """Only used by the allow-list test below, so allowing it affects no other test."""
+
+    def __init__(self):
+        self.value = 5
+
+
+def test_allow_checkpoint_globals_admits_a_trusted_class(tmp_path):
+    path = tmp_path / "trusted.pth"
+    torch.save({"record": TrustedRecord()}, path)
+    with pytest.raises(UnsafeCheckpointError, match="TrustedRecord"):
+        safe_torch_load(path)
+    allow_checkpoint_globals([TrustedRecord])
+    assert safe_torch_load(path)["record"].value == 5
