@@ -25,7 +25,7 @@ setup(
     long_description=(ROOT / "README.md").read_text(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["aerialseg*", "datagen*", "llm*"]),
+    packages=find_packages(include=["aerialformats*", "aerialseg*", "datagen*", "llm*"]),
     include_package_data=True,
     # Default configs travel with the packages so non-editable installs find them too.
     package_data={

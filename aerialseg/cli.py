@@ -1,13 +1,22 @@
-"""The ``aerialseg`` command: ``predict`` on images, ``serve`` the web page, run the ``demo``.
+"""The ``aerialseg`` command: ``predict`` on images, ``serve`` the web page, ``export-model`` a
+trained model for sharing, run the ``demo``.
 
 A thin shell: each subcommand parses its flags and calls the package function that does the work
-(:mod:`aerialseg.predict`, :mod:`aerialseg.serve`, :mod:`aerialseg.demo`).
+(:mod:`aerialseg.predict`, :mod:`aerialseg.serve`, :mod:`aerialseg.apis`, :mod:`aerialseg.demo`).
+
+The error promise: a bad argument is reported on one line (``aerialseg CMD: error: ...``) with exit
+code 2 *before* the model loads; results go to stdout, logs (mmengine's, the model's parameter
+table) and progress to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
 
 from mmengine.config import DictAction
@@ -36,6 +45,16 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         action=DictAction,
         help="override model config entries, e.g. model.vlm.pretrained=checkpoints/siglip2",
+    )
+    parser.add_argument(
+        "--pretrained-root",
+        help="folder holding the pretrained files (SigLIP folder, SAM .pth) by name; searched "
+        "before $AERIALSEG_CHECKPOINTS and the checkpoint's folder",
+    )
+    parser.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="experts: load a checkpoint whose keys do not all match the model (default: refuse)",
     )
 
 
@@ -112,6 +131,29 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-megapixels", type=float, default=100.0, help="largest accepted image (megapixels)"
     )
+    serve.add_argument(
+        "--max-expressions",
+        type=int,
+        default=32,
+        help="most expressions in one request (default 32)",
+    )
+    serve.add_argument(
+        "--max-expression-megapixels",
+        type=float,
+        default=200.0,
+        help="most expressions x image megapixels in one request, the memory bound of a "
+        "prediction (default 200: about 1-1.5 GB)",
+    )
+
+    export = commands.add_parser(
+        "export-model",
+        help="write a trained model as one self-contained folder (pretrained files included)",
+        description="Copy a trained checkpoint and the pretrained files it needs into OUT_DIR, "
+        "so it works from any folder and on other machines: aerialseg predict --checkpoint "
+        "OUT_DIR ...",
+    )
+    export.add_argument("out_dir", help="new folder to write (must not exist)")
+    _add_model_arguments(export)
 
     demo = commands.add_parser(
         "demo", help="datagen -> Aerial-D -> train tiny ClipSAM -> test table -> overlays"
@@ -127,16 +169,106 @@ def build_parser() -> argparse.ArgumentParser:
 def _read_expressions(args: argparse.Namespace) -> list[str]:
     expressions = list(args.expressions)
     if args.expressions_file:
-        with open(args.expressions_file, encoding="utf-8") as file:
-            expressions += [line.strip() for line in file if line.strip()]
+        try:
+            with open(args.expressions_file, encoding="utf-8") as file:
+                expressions += [line.strip() for line in file if line.strip()]
+        except (OSError, UnicodeDecodeError) as error:
+            reason = getattr(error, "strerror", None) or str(error)
+            raise ValueError(
+                f"--expressions-file '{args.expressions_file}' cannot be read: {reason}"
+            ) from None
     return expressions
+
+
+class UsageError(ValueError):
+    """A bad command-line argument: one line, exit code 2, before any model is loaded."""
+
+
+def check_out_dir(path: str) -> None:
+    """Create ``path`` if needed and prove it writable with a probe file (removed again)."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"--out-dir '{path}' is a file, not a folder")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".aerialseg-write-test-"):
+            pass
+    except OSError as error:
+        raise UsageError(
+            f"--out-dir '{path}' is not writable ({error.strerror or error}); choose another folder"
+        ) from None
+
+
+def check_model_arguments(args: argparse.Namespace) -> None:
+    """Model flags that name files: checked before anything heavy is imported or loaded."""
+    if args.checkpoint is None and args.config is None:
+        raise UsageError("give --checkpoint (its saved config is used), --config, or both")
+    if args.checkpoint is not None and not os.path.exists(args.checkpoint):
+        raise UsageError(f"--checkpoint '{args.checkpoint}' does not exist")
+    if args.config is not None and not os.path.isfile(args.config):
+        raise UsageError(f"--config '{args.config}' does not exist")
+    if args.pretrained_root is not None and not os.path.isdir(args.pretrained_root):
+        raise UsageError(f"--pretrained-root '{args.pretrained_root}' is not a folder")
+
+
+def check_window_arguments(args: argparse.Namespace) -> None:
+    from aerialseg.predict.pipeline import check_tiling
+
+    if args.window < 0:
+        raise UsageError(f"--window must be >= 0 (0: whole image), got {args.window}")
+    try:
+        check_tiling(args.window, args.overlap)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    low, high = args.percentiles
+    if not 0.0 <= low < high <= 100.0:
+        raise UsageError(f"--percentiles must satisfy 0 <= LOW < HIGH <= 100, got {low:g} {high:g}")
+
+
+@contextlib.contextmanager
+def logs_to_stderr():
+    """Send mmengine's log lines (the model's parameter table...) and stray prints to stderr, so
+    that stdout carries only results."""
+    from mmengine.logging import MMLogger
+
+    logger = MMLogger.get_current_instance()
+    swapped = [  # mmengine's console handler (made on stdout); its FileHandlers stay as they are
+        (handler, handler.stream)
+        for handler in logger.handlers
+        if type(handler) is logging.StreamHandler and handler.stream is not sys.stderr
+    ]
+    for handler, _ in swapped:
+        handler.stream = sys.stderr  # not setStream(): it flushes the old stream
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        for handler, stream in swapped:
+            handler.stream = stream
+
+
+def _load_model(command: str, args: argparse.Namespace):
+    from aerialseg.engine import CheckpointError
+    from aerialseg.predict import build_predictor
+
+    try:
+        with logs_to_stderr():
+            return build_predictor(
+                args.config,
+                args.checkpoint,
+                args.device,
+                args.cfg_options,
+                pretrained_root=args.pretrained_root,
+                allow_partial=args.allow_partial,
+            )
+    except (OSError, ValueError, RuntimeError, KeyError, CheckpointError) as error:
+        print(f"aerialseg {command}: error: cannot load the model: {error}", file=sys.stderr)
+        return None
 
 
 def run_predict(args: argparse.Namespace) -> int:
     from aerialseg.predict import (
         InputImageError,
         PredictOptions,
-        build_predictor,
         predict_file,
         safe_stem,
         validate_expressions,
@@ -144,17 +276,20 @@ def run_predict(args: argparse.Namespace) -> int:
 
     try:
         expressions = validate_expressions(_read_expressions(args))
-    except (ValueError, OSError) as error:
+        check_window_arguments(args)
+        check_model_arguments(args)
+        stems = [safe_stem(path) for path in args.images]
+        duplicates = sorted({s for s in stems if stems.count(s) > 1})
+        if duplicates:
+            raise UsageError(
+                f"several inputs share the output name(s) {duplicates}; run them into different "
+                "--out-dir folders"
+            )
+        if args.simplify < 0:
+            raise UsageError(f"--simplify must be >= 0, got {args.simplify:g}")
+        check_out_dir(args.out_dir)
+    except ValueError as error:
         print(f"aerialseg predict: error: {error}", file=sys.stderr)
-        return 2
-    stems = [safe_stem(path) for path in args.images]
-    duplicates = sorted({s for s in stems if stems.count(s) > 1})
-    if duplicates:
-        print(
-            f"aerialseg predict: error: several inputs share the output name(s) {duplicates}; "
-            "run them into different --out-dir folders",
-            file=sys.stderr,
-        )
         return 2
     options = PredictOptions(
         window=args.window,
@@ -170,22 +305,35 @@ def run_predict(args: argparse.Namespace) -> int:
             "initial weights",
             file=sys.stderr,
         )
-    try:
-        predictor = build_predictor(args.config, args.checkpoint, args.device, args.cfg_options)
-    except (OSError, ValueError, RuntimeError, KeyError) as error:
-        print(f"aerialseg predict: error: cannot load the model: {error}", file=sys.stderr)
+    predictor = _load_model("predict", args)
+    if predictor is None:
         return 1
+    for message in getattr(predictor, "truncation_warnings", lambda _: [])(expressions):
+        print(f"aerialseg predict: warning: {message}", file=sys.stderr)
     failures = 0
     for path in args.images:
+
+        def report_phase(phase: str, path: str = path) -> None:
+            if phase == "export" and options.progress:
+                print(f"{path}: writing masks, overlay and GeoJSON...", file=sys.stderr)
+
         try:
-            result, written = predict_file(path, expressions, predictor, args.out_dir, options)
+            with logs_to_stderr():
+                result, written = predict_file(
+                    path, expressions, predictor, args.out_dir, options, on_phase=report_phase
+                )
         except (InputImageError, ValueError) as error:
             failures += 1
             print(f"aerialseg predict: error: {error}", file=sys.stderr)
             continue
+        for note in result.notes:
+            print(f"aerialseg predict: note: {note}", file=sys.stderr)
         print(f"{path}: {result.info.width} x {result.info.height} px")
-        for expression, score, mask in zip(expressions, result.scores, result.masks):
-            print(f"  {expression!r}: {int(mask.sum())} px, score {score:.3f}")
+        for expression, score, mask, area in zip(
+            expressions, result.scores, result.masks, result.areas_m2
+        ):
+            ground = f", {area:,.1f} m2" if area is not None else ""
+            print(f"  {expression!r}: {int(mask.sum())} px{ground}, score {score:.3f}")
         print(f"  wrote {len(written)} files to {args.out_dir}")
     return 1 if failures else 0
 
@@ -193,21 +341,76 @@ def run_predict(args: argparse.Namespace) -> int:
 def run_serve(args: argparse.Namespace) -> int:
     from aerialseg.serve import ServeSettings, serve
 
+    try:
+        check_window_arguments(args)
+        check_model_arguments(args)
+        if not 0 <= args.port <= 65535:
+            raise UsageError(f"--port must be in 0..65535, got {args.port}")
+        for flag, value in (
+            ("--max-upload-mb", args.max_upload_mb),
+            ("--max-megapixels", args.max_megapixels),
+            ("--max-expressions", args.max_expressions),
+            ("--max-expression-megapixels", args.max_expression_megapixels),
+        ):
+            if value <= 0:
+                raise UsageError(f"{flag} must be > 0, got {value:g}")
+    except ValueError as error:
+        print(f"aerialseg serve: error: {error}", file=sys.stderr)
+        return 2
     settings = ServeSettings(
         config=args.config,
         checkpoint=args.checkpoint,
         device=args.device,
         cfg_options=args.cfg_options,
+        pretrained_root=args.pretrained_root,
+        allow_partial=args.allow_partial,
         host=args.host,
         port=args.port,
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
         max_pixels=int(args.max_megapixels * 1_000_000),
+        max_expressions=args.max_expressions,
+        max_expression_pixels=int(args.max_expression_megapixels * 1_000_000),
         window=args.window,
         overlap=args.overlap,
         bands=args.bands,
         percentiles=tuple(args.percentiles),
     )
-    serve(settings)
+    predictor = _load_model("serve", args)
+    if predictor is None:
+        return 1
+    serve(settings, predictor)
+    return 0
+
+
+def run_export_model(args: argparse.Namespace) -> int:
+    from aerialseg.apis.export_model import export_model
+    from aerialseg.engine import CheckpointError
+
+    try:
+        check_model_arguments(args)
+        if args.checkpoint is None:
+            raise UsageError("--checkpoint is required: the trained checkpoint to export")
+        if os.path.exists(args.out_dir):
+            raise UsageError(f"'{args.out_dir}' exists; export into a new folder")
+    except ValueError as error:
+        print(f"aerialseg export-model: error: {error}", file=sys.stderr)
+        return 2
+    try:
+        with logs_to_stderr():
+            manifest = export_model(
+                args.checkpoint,
+                args.out_dir,
+                config=args.config,
+                cfg_options=args.cfg_options,
+                pretrained_root=args.pretrained_root,
+            )
+    except (OSError, ValueError, CheckpointError) as error:
+        print(f"aerialseg export-model: error: {error}", file=sys.stderr)
+        return 1
+    print(f"{args.out_dir}: model.pth + {len(manifest['pretrained'])} pretrained file(s)")
+    for name, entry in manifest["pretrained"].items():
+        print(f"  {name}  {entry['bytes']:,} bytes  sha256 {entry['sha256'][:16]}...")
+    print(f"use it with: aerialseg predict IMAGE -e TEXT --checkpoint {args.out_dir}")
     return 0
 
 
@@ -220,7 +423,12 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"predict": run_predict, "serve": run_serve, "demo": run_demo}
+    handlers = {
+        "predict": run_predict,
+        "serve": run_serve,
+        "export-model": run_export_model,
+        "demo": run_demo,
+    }
     return handlers[args.command](args)
 
 

@@ -15,6 +15,7 @@ tiny checkpoints are kept, and training is skipped when its final checkpoint exi
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -28,10 +29,16 @@ from mmengine.config import Config
 from mmengine.logging import print_log
 from mmseg.registry import DATASETS
 
+from aerialformats.atomic import atomic_write_bytes
 from aerialseg.predict import draw_overlay, encode_png
-from datagen.storage import atomic_write_bytes
 
-__all__ = ["ShuffledExpressionDataset", "demo_model_config", "run_demo"]
+__all__ = [
+    "ShuffledExpressionDataset",
+    "apply_cpu_plan",
+    "cpu_plan",
+    "demo_model_config",
+    "run_demo",
+]
 
 TEST_SET = "synthetic_aerial_d_val"
 CONTROL_SET = "synthetic_aerial_d_val_shuffled_expressions"
@@ -100,18 +107,71 @@ class ShuffledExpressionDataset:
         return len(self._donors)
 
 
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def cpu_plan(
+    threads: dict, max_datagen_workers: int, cores: int | None = None, load: float | None = None
+) -> dict:
+    """Thread and process counts of each demo stage (``configs/demo.py`` explains the policy).
+
+    Args:
+        threads: the config's ``threads`` (``torch``, ``datagen_workers`` int or ``'auto'``,
+            ``dataloader_workers``).
+        max_datagen_workers: ``datagen.workers``, the most datagen processes to use.
+        cores, load: ``os.cpu_count()`` and the 1-minute ``os.getloadavg()`` (read when None).
+
+    Returns:
+        ``{'torch', 'datagen_workers', 'dataloader_workers', 'cores', 'load'}``.
+    """
+    cores = cores if cores is not None else os.cpu_count() or 1
+    load = load if load is not None else os.getloadavg()[0]
+    datagen_workers = threads.get("datagen_workers", "auto")
+    if datagen_workers == "auto":
+        idle = cores - int(round(load))
+        datagen_workers = max(1, min(max_datagen_workers, idle))
+    elif not isinstance(datagen_workers, int) or datagen_workers < 1:
+        raise ValueError(f"threads.datagen_workers must be 'auto' or >= 1, got {datagen_workers!r}")
+    torch_threads = int(threads.get("torch", 1))
+    if torch_threads < 1:
+        raise ValueError(f"threads.torch must be >= 1, got {torch_threads}")
+    return {
+        "torch": torch_threads,
+        "datagen_workers": int(datagen_workers),
+        "dataloader_workers": int(threads.get("dataloader_workers", 0)),
+        "cores": cores,
+        "load": round(float(load), 2),
+    }
+
+
+def apply_cpu_plan(plan: dict) -> None:
+    """Pin torch, OpenMP/MKL/OpenBLAS (for this and every child process) and OpenCV threads."""
+    import torch
+
+    for name in THREAD_ENV:
+        os.environ[name] = str(plan["torch"])
+    torch.set_num_threads(plan["torch"])
+    # Settable only before the first inter-op work (a second demo in one process): keep it then.
+    with contextlib.suppress(RuntimeError):
+        torch.set_num_interop_threads(plan["torch"])
+    cv2.setNumThreads(plan["torch"])
+
+
 def _step(number: int, title: str) -> None:
     print_log(f"==> [{number}/5] {title}", logger="current")
 
 
-def generate_data(cfg: Config, work: Path) -> str:
-    """Run datagen (synthetic sources -> Aerial-D export); returns the Aerial-D data root."""
+def generate_data(cfg: Config, work: Path, workers: int | None = None) -> str:
+    """Run datagen (synthetic sources -> Aerial-D export); returns the Aerial-D data root.
+
+    ``workers`` defaults to ``datagen.workers``."""
     from datagen.config import load_config
     from datagen.export import export_dir
     from datagen.pipeline import run_pipeline
 
+    workers = workers if workers is not None else cfg.datagen.workers
     overrides = [f"work_dir={work / 'datagen'}", f"seed={cfg.seed}"]
-    overrides += [f"workers={cfg.datagen.workers}", *cfg.datagen.overrides]
+    overrides += [f"workers={workers}", *cfg.datagen.overrides]
     datagen_cfg = load_config(cfg.datagen.config, overrides)
     run_pipeline(datagen_cfg)
     return str(export_dir(datagen_cfg.work_path) / "aeriald")
@@ -137,6 +197,9 @@ def demo_model_config(cfg: Config, data_root: str, pretrained, work: Path) -> Co
     ):
         model_cfg[loader] = copy.deepcopy(model_cfg[loader])
         model_cfg[loader].batch_size = batch_size
+        loader_workers = int(cfg.get("threads", {}).get("dataloader_workers", 0))
+        model_cfg[loader].num_workers = loader_workers
+        model_cfg[loader].persistent_workers = loader_workers > 0
         model_cfg[loader].dataset.update(data_root=data_root, split=split, **filters)
     # Scored once, after training, by the test step (twice: clean and control).
     model_cfg.val_dataloader = model_cfg.val_evaluator = model_cfg.val_cfg = None
@@ -250,9 +313,17 @@ def run_demo(
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     started = time.perf_counter()
+    plan = cpu_plan(cfg.get("threads", {}), cfg.datagen.workers)
+    apply_cpu_plan(plan)
+    print_log(
+        f"CPU plan: {plan['cores']} cores, load {plan['load']}: torch {plan['torch']} thread(s), "
+        f"{plan['datagen_workers']} datagen worker(s), "
+        f"{plan['dataloader_workers']} dataloader worker(s)",
+        logger="current",
+    )
 
     _step(1, "datagen: synthetic sources -> Aerial-D patches, rules, expressions, XML")
-    data_root = generate_data(cfg, work)
+    data_root = generate_data(cfg, work, plan["datagen_workers"])
     _step(2, "tiny random-init SigLIP and SAM checkpoints (real file formats)")
     pretrained = write_tiny_checkpoints(work / "pretrained", seed=cfg.model.pretrained_seed)
     _step(3, f"training the tiny ClipSAM for {cfg.train.max_iters} iterations")
@@ -279,6 +350,7 @@ def run_demo(
         "tables": str(work / "test" / "benchmark.md"),
         "overlays": overlays,
         "seconds": round(time.perf_counter() - started, 1),
+        "cpu_plan": plan,
     }
     atomic_write_bytes(work / "summary.json", json.dumps(summary, indent=1).encode())
     print(

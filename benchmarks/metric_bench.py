@@ -3,8 +3,10 @@
     python benchmarks/metric_bench.py [--samples 10000] [--expressions 50000]
 
 1. ``ReferringMetric.process`` + ``evaluate`` on N random 480x480 prediction/target pairs (random
-   rectangles, batches of 32), at the original resolution and with ``eval_size=(480, 480)``;
-   plus the vectorised summary alone on 1,000,000 samples.
+   rectangles, batches of 32), at the original resolution and with ``eval_size=(480, 480)``; then
+   on N 800x800 pairs (RRSIS-D's size) at the original resolution and under the ``rmsin_480``
+   protocol (both masks resized to 480x480 with PIL's nearest rule), side by side; plus the
+   vectorised summary alone on 1,000,000 samples.
 2. Writes an Aerial-D tree with M expressions (480x480 patches, 10 targets x 4 expressions each,
    through ``write_patch_xml``) to a temporary folder and times ``AerialDDataset`` indexing it.
 """
@@ -37,20 +39,20 @@ SIZE = 480
 BATCH = 32
 
 
-def random_box_masks(rng: np.random.Generator, count: int) -> torch.Tensor:
-    """(count, 480, 480) uint8 masks, each one random rectangle (some empty)."""
-    masks = torch.zeros((count, SIZE, SIZE), dtype=torch.uint8)
+def random_box_masks(rng: np.random.Generator, count: int, size: int = SIZE) -> torch.Tensor:
+    """(count, size, size) uint8 masks, each one random rectangle (some empty)."""
+    masks = torch.zeros((count, size, size), dtype=torch.uint8)
     for mask in masks:
-        y0, x0 = rng.integers(0, SIZE, 2)
-        h, w = rng.integers(0, SIZE // 2, 2)
+        y0, x0 = rng.integers(0, size, 2)
+        h, w = rng.integers(0, size // 2, 2)
         mask[y0 : y0 + h, x0 : x0 + w] = 1
     return masks
 
 
-def make_batches(samples: int, seed: int = 0) -> list[list[dict]]:
+def make_batches(samples: int, seed: int = 0, size: int = SIZE) -> list[list[dict]]:
     """Batches of SegDataSample dicts over a pool of 256 distinct mask pairs (memory stays low)."""
     rng = np.random.default_rng(seed)
-    preds, gts = random_box_masks(rng, 256), random_box_masks(rng, 256)
+    preds, gts = random_box_masks(rng, 256, size), random_box_masks(rng, 256, size)
     batches, batch = [], []
     for index in range(samples):
         sample = SegDataSample()
@@ -78,24 +80,33 @@ def make_batches(samples: int, seed: int = 0) -> list[list[dict]]:
 
 
 def bench_metric(samples: int) -> None:
-    batches = make_batches(samples)
-    for label, kwargs in (
-        ("original resolution", {}),
-        ("eval_size=(480, 480)", {"eval_size": (480, 480)}),
+    batches = {SIZE: make_batches(samples), 800: make_batches(samples, size=800)}
+    seconds = {}
+    for label, kwargs, size in (
+        ("original resolution", {}, SIZE),
+        ("eval_size=(480, 480)", {"eval_size": (480, 480)}, SIZE),
+        # RRSIS-D's 800x800: the rmsin_480 protocol resizes both masks (PIL's nearest rule).
+        ("original resolution, 800x800", {}, 800),
+        ("rmsin_480 protocol, 800x800 -> 480x480", {"protocol": "rmsin_480"}, 800),
     ):
         metric = ReferringMetric(**kwargs)
         start = time.perf_counter()
-        for batch in batches:
+        for batch in batches[size]:
             metric.process({}, batch)
         processed = time.perf_counter()
+        seconds[label] = processed - start
         scores = metric.evaluate(samples)
         done = time.perf_counter()
         print(
-            f"metric [{label}]: {samples} masks of {SIZE}x{SIZE}: "
+            f"metric [{label}]: {samples} masks of {size}x{size}: "
             f"process {processed - start:.2f} s "
             f"({samples / (processed - start):,.0f} masks/s), evaluate {done - processed:.3f} s; "
             f"mIoU {scores['mIoU']:.2f} oIoU {scores['oIoU']:.2f}"
         )
+    ratio = (
+        seconds["rmsin_480 protocol, 800x800 -> 480x480"] / seconds["original resolution, 800x800"]
+    )
+    print(f"rmsin_480 / original resolution process time on 800x800 masks: {ratio:.2f}x")
     rng = np.random.default_rng(1)
     unions = rng.integers(0, 10_000, 1_000_000)
     intersections = (unions * rng.random(unions.size)).astype(np.int64)

@@ -2,22 +2,47 @@
 
     python benchmarks/model_bench.py                 # tiny on CPU; + ClipSAM-b/-l when CUDA is up
     python benchmarks/model_bench.py --models b l --device cuda --batch-sizes 1 2 4 8
+    python benchmarks/model_bench.py --models clipsam2-l --device cpu --batch-sizes 1 --iters 1
 
 The tiny model is built from ``configs/clipsam/clipsam-tiny_aerial-d.py`` with checkpoints written
 by :mod:`aerialseg.models.tiny`. ClipSAM-b/-l use the real architecture dimensions (SigLIP 2
-so400m/14@384 with its 256k vocabulary, SAM ViT-B/ViT-L at 1024) with random weights, so nothing
+so400m/14@384 with its 256k vocabulary, SAM ViT-B/ViT-L at 1024) and ClipSAM2-L (the published
+RSRefSeg 2 size: SigLIP 2 so400m/16@512, SAM 2.1 Hiera-L at 1024) with random weights, so nothing
 is downloaded; only the tokenizer and image statistics come from a small local folder. GPU runs use
 bf16 autocast through mmengine's ``AmpOptimWrapper`` (as the configs do); CPU runs use fp32.
 Peak memory is ``torch.cuda.max_memory_allocated`` on GPU and the process's peak RSS on CPU.
+
+Side by side with a baseline commit (issue 16), on CPU with fixed threads::
+
+    python benchmarks/model_bench.py --compare [--baseline COMMIT] [--threads 2] [--quick]
+
+checks the baseline out into a temporary ``git worktree`` (removed afterwards) and times, for each
+model, precision (fp32, bf16 autocast) and task (one training step = preprocessing + forward +
+backward + AdamW; one inference call = ``test_step`` on one image and expression), the baseline
+code and the current code in separate subprocesses, alternating which goes first. The harness
+(this file) is the same for both; only the ``aerialseg`` package and configs differ. It prints
+the seconds of each side, the speed-up (baseline / current) and each side's peak RSS. ``--quick``
+keeps the real resolutions and widths but cuts the depths (SAM 4 blocks, SigLIP 3 layers per
+tower), to check the script in a few minutes.
+
+    python benchmarks/model_bench.py --feature-cache --threads 1
+
+times training epochs of the tiny config with and without the frozen-tower feature cache, and one
+reduced-depth ClipSAM-b step with and without a warm cache.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
+import math
+import os
 import platform
 import resource
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,9 +59,12 @@ from mmseg.structures import SegDataSample
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "configs/clipsam/clipsam-tiny_aerial-d.py"
-CONFIGS = dict(
-    b=REPO / "configs/clipsam/clipsam-b_joint.py", l=REPO / "configs/clipsam/clipsam-l_joint.py"
-)
+CONFIGS = {
+    "b": REPO / "configs/clipsam/clipsam-b_joint.py",
+    "l": REPO / "configs/clipsam/clipsam-l_joint.py",
+    # The SAM 2.1 family at the published RSRefSeg 2 size (SigLIP 2 so400m/16@512 + Hiera-L).
+    "clipsam2-l": REPO / "configs/clipsam2/clipsam2-l_rrsisd.py",
+}
 SO400M_TOWER = dict(
     hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16
 )
@@ -46,6 +74,9 @@ SIGLIP2_SO400M = dict(
         SO400M_TOWER, vocab_size=256000, max_position_embeddings=64, bos_token_id=None
     ),
     vision_config=dict(SO400M_TOWER, image_size=384, patch_size=14),
+)
+SIGLIP2_SO400M_16_512 = dict(
+    SIGLIP2_SO400M, vision_config=dict(SO400M_TOWER, image_size=512, patch_size=16)
 )
 TEXTS = ("the white car in the top left", "all buildings in the image", "the ship near the pier")
 
@@ -74,9 +105,10 @@ def model_config(name: str, root: Path) -> Config:
         cfg.model.sam.checkpoint = paths.sam_path
         return cfg
     cfg = Config.fromfile(str(CONFIGS[name]))
-    cfg.model.vlm = dict(config=SIGLIP2_SO400M)
+    sam2_family = name.startswith("clipsam2")
+    cfg.model.vlm = dict(config=SIGLIP2_SO400M_16_512 if sam2_family else SIGLIP2_SO400M)
     cfg.model.sam.checkpoint = None
-    cfg.model.data_preprocessor.vlm_path = _processing_folder(root, 384)
+    cfg.model.data_preprocessor.vlm_path = _processing_folder(root, 512 if sam2_family else 384)
     return cfg
 
 
@@ -202,25 +234,278 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------ side by side with a baseline
+# Today's main when issue 16 (model speed) was filed: the code every speed-up is measured against.
+BASELINE_COMMIT = "1ea497e"
+RESULT_TAG = "MODEL_BENCH_RESULT "
+
+
+def _clipsam_b(root: Path, code_root: Path, quick: bool) -> Config:
+    cfg = Config.fromfile(str(code_root / "configs/clipsam/clipsam-b_joint.py"))
+    vlm = copy.deepcopy(SIGLIP2_SO400M)
+    if quick:
+        for tower in ("text_config", "vision_config"):
+            vlm[tower]["num_hidden_layers"] = 3
+        vlm["text_config"]["vocab_size"] = 32000
+        cfg.model.sam.arch = dict(base="vit_b", depth=4, global_attn_indexes=(3,))
+    cfg.model.vlm = dict(config=vlm)
+    cfg.model.sam.checkpoint = None
+    cfg.model.data_preprocessor.vlm_path = _processing_folder(root, 384)
+    return cfg
+
+
+# Models the comparison can time: name -> builder(tmp folder, code root, quick) -> Config, built
+# from the configs of the code under test. The SAM 2.1 family adds its rows here.
+COMPARISON_MODELS = {"b": _clipsam_b}
+
+
+def _timed_steps(step, warmup: int, iters: int) -> dict:
+    wall, cpu = [], []
+    for index in range(warmup + iters):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        step()
+        if index >= warmup:
+            wall.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
+    return dict(seconds=min(wall), cpu_seconds=min(cpu))
+
+
+def comparison_worker(args) -> None:
+    """One measurement in its own process: ``args.task`` of ``args.model`` with the code in
+    ``args.code_root``; prints one tagged JSON line."""
+    code_root = Path(args.code_root).resolve()
+    sys.path.insert(0, str(code_root))
+    torch.set_num_threads(args.threads)
+    init_default_scope("mmseg")
+    import aerialseg
+
+    if not Path(aerialseg.__file__).resolve().is_relative_to(code_root):
+        sys.exit(f"imported {aerialseg.__file__}, not the code under test in {code_root}")
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = COMPARISON_MODELS[args.model](Path(tmp), code_root, args.quick)
+        torch.manual_seed(0)
+        model = MODELS.build(cfg.model)
+        batch = make_batch(1, model.data_preprocessor.size)
+        if args.task == "train":
+            model.train()
+            params = [p for p in model.parameters() if p.requires_grad]
+            optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
+            wrapper = OptimWrapper(optimizer=optimizer, clip_grad=dict(max_norm=1.0))
+
+            def step():
+                with autocast:
+                    model.train_step(copy.deepcopy(batch), wrapper)
+        else:
+            model.eval()
+
+            def step():
+                with torch.no_grad(), autocast:
+                    model.test_step(copy.deepcopy(batch))
+
+        result = _timed_steps(step, args.warmup, args.iters)
+    result.update(peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(RESULT_TAG + json.dumps(result), flush=True)
+
+
+def _run_worker(code_root: Path, model: str, precision: str, task: str, args) -> dict:
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", "--code-root"]
+    command += [str(code_root), "--models", model, "--precision", precision, "--task", task]
+    command += ["--threads", str(args.threads), "--iters", str(args.iters)]
+    command += ["--warmup", str(args.warmup)] + (["--quick"] if args.quick else [])
+    threads = str(args.threads)
+    env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code_root), env.get("PYTHONPATH")]))
+    done = subprocess.run(command, env=env, cwd=code_root, capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_TAG)]
+    if done.returncode or not lines:
+        raise RuntimeError(
+            f"worker failed ({code_root}, {model}, {precision}, {task}):\n{done.stderr[-3000:]}"
+        )
+    return json.loads(lines[-1][len(RESULT_TAG) :])
+
+
+def compare(args) -> list[dict]:
+    """Alternate baseline and current runs of every (model, precision, task); summary rows."""
+    with tempfile.TemporaryDirectory(prefix="model-bench-") as tmp:
+        baseline = Path(tmp) / "baseline"
+        git = ["git", "-C", str(REPO)]
+        subprocess.run(
+            git + ["worktree", "add", "--detach", str(baseline), args.baseline], check=True
+        )
+        try:
+            sides = dict(baseline=baseline, current=REPO)
+            results = {}
+            for repeat in range(args.repeats):
+                for model in args.models:
+                    for precision in args.precisions:
+                        for task in ("train", "infer"):
+                            order = ["baseline", "current"][:: 1 if repeat % 2 == 0 else -1]
+                            for side in order:
+                                result = _run_worker(sides[side], model, precision, task, args)
+                                print(f"{side:8s} {model} {precision} {task}: {result}", flush=True)
+                                results.setdefault((model, precision, task, side), []).append(
+                                    result
+                                )
+        finally:
+            subprocess.run(git + ["worktree", "remove", "--force", str(baseline)], check=False)
+            subprocess.run(git + ["worktree", "prune"], check=False)
+    rows = []
+    for model in args.models:
+        for precision in args.precisions:
+            for task in ("train", "infer"):
+                row = dict(model=model, precision=precision, task=task)
+                for side in ("baseline", "current"):
+                    runs = results[(model, precision, task, side)]
+                    row[f"{side}_s"] = statistics.median(r["seconds"] for r in runs)
+                    row[f"{side}_cpu_s"] = statistics.median(r["cpu_seconds"] for r in runs)
+                    row[f"{side}_peak_mb"] = max(r["peak_rss_mb"] for r in runs)
+                row["speedup"] = row["baseline_s"] / row["current_s"]
+                row["cpu_speedup"] = row["baseline_cpu_s"] / row["current_cpu_s"]
+                rows.append(row)
+    return rows
+
+
+def comparison_markdown(rows: list[dict]) -> str:
+    lines = [
+        "| model | precision | task | baseline s | current s | speed-up | CPU-time speed-up "
+        "| baseline peak MB | current peak MB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['precision']} | {r['task']} | {r['baseline_s']:.2f} "
+            f"| {r['current_s']:.2f} | {r['speedup']:.2f}x | {r['cpu_speedup']:.2f}x "
+            f"| {r['baseline_peak_mb']:.0f} | {r['current_peak_mb']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------- frozen-tower feature cache
+def bench_feature_cache(root: Path, epochs: int = 3) -> dict:
+    """Per-epoch training seconds of the tiny config on the tiny Aerial-D set with frozen image
+    towers (LoRA on the text tower only): without the cache, then with a cold and warm cache."""
+    from mmengine.runner import Runner
+
+    from aerialseg.models.tiny import write_tiny_aerial_d
+
+    cfg = model_config("tiny", root)
+    write_tiny_aerial_d(root / "data")
+    cfg.train_dataloader.dataset.data_root = str(root / "data")
+    cfg.model.lora.pop("sam_image_encoder")
+    cfg.model.lora.pop("vlm_vision")
+    loader = Runner.build_dataloader(cfg.train_dataloader, seed=0)
+    # The training sampler is infinite (iteration-based schedules): an epoch is one pass.
+    steps = math.ceil(len(loader.dataset) / cfg.train_dataloader.batch_size)
+    batches, seconds = iter(loader), {}
+    for label, cache in (("no cache", None), ("cache", dict(dir=str(root / "cache")))):
+        cfg.model.feature_cache = cache
+        torch.manual_seed(0)
+        model = MODELS.build(cfg.model).train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        wrapper = OptimWrapper(optimizer=torch.optim.AdamW(params, lr=1e-4))
+        for epoch in range(epochs if cache else 1):
+            start = time.perf_counter()
+            for batch in itertools.islice(batches, steps):
+                model.train_step(batch, wrapper)
+            seconds[f"{label}, epoch {epoch + 1}"] = time.perf_counter() - start
+            if cache:
+                counts = model.feature_cache
+                seconds[f"{label}, epoch {epoch + 1}"] = (
+                    f"{seconds[f'{label}, epoch {epoch + 1}']:.2f} s "
+                    f"(cache hits {counts.hits}, misses {counts.misses} so far)"
+                )
+    seconds["images"] = len(loader.dataset)
+    seconds.update(_feature_cache_step_b(root))
+    return seconds
+
+
+def _feature_cache_step_b(root: Path) -> dict:
+    """One ClipSAM-b training step at reduced depth (real widths and resolutions) with frozen
+    image towers (LoRA on the text tower only): no cache, then a warm cache."""
+    cfg = _clipsam_b(root, REPO, quick=True)
+    for tower in ("sam_image_encoder", "vlm_vision"):
+        cfg.model.lora.pop(tower)
+    cfg.model.feature_cache = dict(dir=str(root / "cache-b"))
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    wrapper = OptimWrapper(optimizer=torch.optim.AdamW(params, lr=1e-4))
+    batch = make_batch(1, model.data_preprocessor.size)
+    cache, timings = model.feature_cache, {}
+    for label, use_cache in (("warm-up", True), ("no cache", False), ("warm cache", True)):
+        model.feature_cache = cache if use_cache else None
+        start = time.process_time()
+        model.train_step(copy.deepcopy(batch), wrapper)
+        timings[f"ClipSAM-b reduced depth, one step, {label} (CPU s)"] = time.process_time() - start
+    return timings
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", choices=["tiny", "b", "l"])
+    parser.add_argument(
+        "--models", nargs="+", choices=sorted({"tiny", *CONFIGS, *COMPARISON_MODELS})
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--batch-sizes", nargs="+", type=int)
     parser.add_argument("--iters", type=int, default=None, help="timed iterations")
     parser.add_argument("--warmup", type=int, default=None)
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default 2)")
     parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument("--compare", action="store_true", help="side by side with --baseline")
+    parser.add_argument("--baseline", default=BASELINE_COMMIT, help="commit to compare with")
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--repeats", type=int, default=1, help="alternating rounds")
+    parser.add_argument("--quick", action="store_true", help="reduced depths (see above)")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--code-root", help=argparse.SUPPRESS)
+    parser.add_argument("--precision", help=argparse.SUPPRESS)
+    parser.add_argument("--task", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--feature-cache", action="store_true", help="per-epoch time with the frozen-tower cache"
+    )
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.feature_cache:
+        torch.set_num_threads(args.threads or 1)
+        init_default_scope("mmseg")
+        import aerialseg  # noqa: F401  (registers ClipSAM)
+
+        with tempfile.TemporaryDirectory() as tmp:
+            result = bench_feature_cache(Path(tmp))
+        print(f"{torch.get_num_threads()} threads, {result.pop('images')} training samples")
+        for label, value in result.items():
+            print(f"| {label} | {value if isinstance(value, str) else f'{value:.2f} s'} |")
+        return
+    if args.compare or args.worker:
+        args.models = args.models or ["b"]
+        args.threads = args.threads or 2
+        args.iters = args.iters or 1
+        args.warmup = 1 if args.warmup is None else args.warmup
+        if args.worker:
+            args.model = args.models[0]
+            comparison_worker(args)
+            return
+        print(
+            f"baseline {args.baseline} vs the working tree; torch {torch.__version__}, "
+            f"{platform.processor() or platform.machine()}, {args.threads} threads, "
+            f"load average {os.getloadavg()[0]:.1f}, "
+            + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        )
+        rows = compare(args)
+        print("\n" + comparison_markdown(rows))
+        print(f"load average at the end: {os.getloadavg()[0]:.1f}")
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=2))
+        return
+    # Fixed, never torch's default: a busy machine makes extra OpenMP threads spin.
+    torch.set_num_threads(args.threads or 2)
 
     cuda = torch.cuda.is_available()
     gpu = torch.device("cuda" if args.device == "auto" else args.device) if cuda else None
     if args.device not in ("auto", "cpu") and not cuda:
         sys.exit(f"--device {args.device}: CUDA is not available")
     plans = []
-    models = args.models or (["tiny", "b", "l"] if cuda else ["tiny"])
+    models = args.models or (["tiny", "b", "l", "clipsam2-l"] if cuda else ["tiny"])
     for name in models:
         device = torch.device("cpu") if (name == "tiny" or gpu is None) else gpu
         if args.device == "cpu":

@@ -7,6 +7,17 @@
 work_dir = "work_dirs/demo"
 seed = 0
 
+# CPU threads, chosen per stage so the demo never oversubscribes the cores, idle or busy:
+# - torch: 1. The tiny model's operations are far too small to split: on a busy 2-core machine
+#   two OpenMP threads spin against the other processes and train 25x slower than one
+#   (docs/benchmarks.md); on an idle one the second thread gains little. OMP/MKL/OpenBLAS and
+#   OpenCV get 1 thread as well (inherited by every worker process).
+# - datagen_workers: "auto" = the cores left idle by other processes (os.cpu_count() minus the
+#   1-minute load average), at least 1 and at most datagen.workers; or a number.
+# - dataloader_workers: 0. Loading 128-px samples costs far less than a training step; a worker
+#   process would only compete with the training process for a core.
+threads = dict(torch=1, datagen_workers="auto", dataloader_workers=0)
+
 # datagen: its packaged demo YAML (datagen/configs/demo.yaml) plus these `key=value` overrides.
 # LoveDA-style tiles give buildings, water bodies and land-cover regions large enough for a
 # 128-px model to resolve; iSAID-style patches are mostly 5-px cars at that scale.

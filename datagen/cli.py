@@ -43,7 +43,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--overwrite", action="store_true",
-        help="discard results of stages whose configuration or inputs changed",
+        help="discard results of stages whose configuration changed (units whose inputs "
+        "changed are redone without it)",
     )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 

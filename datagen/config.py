@@ -76,7 +76,7 @@ class ISAIDConfig:
     min_visible_ratio: float = 0.5
     min_visible_pixels: int = 500
     complete_ratio: float = 0.99
-    png_compression: int = 1
+    png_compression: int = 0
 
 
 @dataclass
@@ -116,7 +116,7 @@ class LoveDAConfig:
         )
     )
     region_min_pixels: int = 100
-    png_compression: int = 1
+    png_compression: int = 0
 
 
 @dataclass
@@ -148,6 +148,10 @@ class RulesConfig:
     cluster_eps: float = 40.0
     cluster_min_samples: int = 2
     cluster_max_size: int = 8
+    # A cut-off instance is still *visibly present* (it blocks the colour words and cluster
+    # counts it would make ambiguous) when at least this share of it, or this many pixels, show.
+    visible_cutoff_ratio: float = 0.4
+    visible_cutoff_pixels: int = 100
     color: ColorConfig = field(default_factory=ColorConfig)
 
 
@@ -162,13 +166,17 @@ class HistoricConfig:
     fraction: float = 0.05
     modes: list[str] = field(default_factory=lambda: ["bw", "bw_grain", "sepia"])
     include_in_export: bool = False
-    png_compression: int = 1
+    png_compression: int = 0
 
 
 @dataclass
 class ExportConfig:
     formats: list[str] = field(default_factory=lambda: ["xml", "parquet", "refcoco"])
     patches_per_row_group: int = 64
+    # Patch PNGs inside the chain are stored uncompressed (level 0: 6x faster to write and read
+    # than level 1, docs/benchmarks.md); the released images are compressed at this level (1:
+    # 4.7x smaller than raw), or hard-linked as they are with null.
+    png_compression: int | None = 1
 
 
 @dataclass
@@ -239,7 +247,15 @@ def validate(cfg: PipelineConfig) -> None:
             "must be a subset of Urban, Rural",
         ),
         (cfg.loveda.patch_size >= 32, "loveda.patch_size", "must be >= 32"),
+        (0 <= cfg.rules.visible_cutoff_ratio <= 1, "rules.visible_cutoff_ratio", "in [0, 1]"),
     ]
+    for key, level in (
+        ("isaid.png_compression", cfg.isaid.png_compression),
+        ("loveda.png_compression", cfg.loveda.png_compression),
+        ("historic.png_compression", cfg.historic.png_compression),
+        ("export.png_compression", cfg.export.png_compression),
+    ):
+        checks.append((level is None or 0 <= level <= 9, key, "must be a zlib level 0..9"))
     for split_key, splits in (
         ("isaid.splits", cfg.isaid.splits),
         ("loveda.splits", cfg.loveda.splits),

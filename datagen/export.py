@@ -3,7 +3,7 @@
 Under ``<work_dir>/export/``:
 
 - ``aeriald/{train,val}/{images/<name>.png, annotations/<name>.xml}``: the zip-release layout,
-  XML written by :func:`aerialseg.datasets.aerial_d_format.write_patch_xml` (the one writer the
+  XML written by :func:`aerialformats.aerial_d.write_patch_xml` (the one writer the
   Aerial-D loader's reader matches); only patches and targets that kept expressions;
 - ``hf/data/{train,validation}-00000-of-00001.parquet``: one row per (target, expression) with the
   released Hugging Face fields (``image`` embedded, ``rle_mask``, ...) plus ``target_type``,
@@ -22,6 +22,16 @@ import io
 import pickle
 from pathlib import Path
 
+from aerialformats.aerial_d import (
+    AerialGroup,
+    AerialObject,
+    Expression,
+    GroupRelationship,
+    PatchAnnotation,
+    RLEMask,
+    write_patch_xml,
+)
+from aerialformats.atomic import encode_png
 from datagen.classes import CLASSES, class_by_key
 from datagen.config import PipelineConfig, fingerprint
 from datagen.dataset_stats import collect_statistics, statistics_markdown
@@ -29,8 +39,15 @@ from datagen.expressions import expressions_dir
 from datagen.historic import historic_choice, historic_dir
 from datagen.isaid_patches import patch_dir
 from datagen.rules import GRID_PHRASES, patch_units, upstream_fingerprint
-from datagen.stage_state import StageState, complete_stage, require_complete, run_units
-from datagen.storage import atomic_copy, atomic_write_bytes, atomic_write_json, read_json
+from datagen.stage_state import (
+    INPUTS_KEY,
+    StageState,
+    complete_stage,
+    require_complete,
+    run_units,
+    unit_inputs,
+)
+from datagen.storage import atomic_copy, atomic_write_bytes, atomic_write_json, read_json, read_rgb
 
 __all__ = [
     "HF_SPLITS",
@@ -50,21 +67,11 @@ def export_dir(work_dir: Path) -> Path:
 
 
 def _expression_objects(target: dict):
-    from aerialseg.datasets.aerial_d_format import Expression
-
     return [Expression(text=e["text"], id=e["id"]) for e in target["expressions"]]
 
 
 def build_annotation(record: dict, filename: str):
-    """The :class:`~aerialseg.datasets.aerial_d_format.PatchAnnotation` of an expression record."""
-    from aerialseg.datasets.aerial_d_format import (
-        AerialGroup,
-        AerialObject,
-        GroupRelationship,
-        PatchAnnotation,
-        RLEMask,
-    )
-
+    """The :class:`~aerialformats.aerial_d.PatchAnnotation` of an expression record."""
     annotation = PatchAnnotation(filename=filename, width=record["width"], height=record["height"])
     for target in record["targets"]:
         mask = RLEMask(size=tuple(target["rle"]["size"]), counts=target["rle"]["counts"])
@@ -140,13 +147,28 @@ def _records(entries: list[dict]):
         yield entry, read_json(entry["record"])
 
 
-def _xml_unit(payload: dict) -> dict:
-    from aerialseg.datasets.aerial_d_format import write_patch_xml
+def released_image(work_dir: Path, split: str, name: str) -> Path:
+    return export_dir(work_dir) / "aeriald" / split / "images" / f"{name}.png"
 
+
+def release_png(image: str | Path, level: int | None) -> bytes:
+    """The released PNG bytes of a stage patch: re-encoded at ``level``, or as stored (None)."""
+    if level is None:
+        return Path(image).read_bytes()
+    return encode_png(read_rgb(image), level)
+
+
+def _xml_unit(payload: dict) -> dict:
     work = Path(payload["work_dir"])
     record, name = read_json(payload["record"]), payload["name"]
     split_dir = export_dir(work) / "aeriald" / record["split"]
-    image = atomic_copy(payload["image"], split_dir / "images" / f"{name}.png")
+    target = released_image(work, record["split"], name)
+    if payload["png_compression"] is None:
+        image = atomic_copy(payload["image"], target)
+    else:
+        image = atomic_write_bytes(
+            target, release_png(payload["image"], payload["png_compression"]), keep_identical=True
+        )
     xml = write_patch_xml(
         build_annotation(record, f"{name}.png"), split_dir / "annotations" / f"{name}.xml"
     )
@@ -237,7 +259,9 @@ def parquet_rows(record: dict, name: str, image_bytes: bytes) -> list[dict]:
     return rows
 
 
-def _write_parquet(path: Path, entries: list[dict], patches_per_row_group: int) -> int:
+def _write_parquet(
+    path: Path, entries: list[dict], patches_per_row_group: int, level: int | None, work: Path
+) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -249,7 +273,14 @@ def _write_parquet(path: Path, entries: list[dict], patches_per_row_group: int) 
         for start in range(0, len(entries), patches_per_row_group):
             rows = []
             for entry, record in _records(entries[start : start + patches_per_row_group]):
-                rows += parquet_rows(record, entry["name"], Path(entry["image"]).read_bytes())
+                released = released_image(work, entry["split"], entry["name"])
+                # The XML export already wrote the released PNG: reuse it, do not encode twice.
+                image = (
+                    released.read_bytes()
+                    if released.is_file()
+                    else release_png(entry["image"], level)
+                )
+                rows += parquet_rows(record, entry["name"], image)
             if rows:
                 writer.write_table(pa.Table.from_pylist(rows, schema=schema))
                 count += len(rows)
@@ -358,11 +389,22 @@ def run_export(cfg: PipelineConfig, overwrite: bool = False) -> dict:
     )
     results: dict[str, dict] = {}
     if "xml" in cfg.export.formats:
-        units = [(e["key"], {"work_dir": str(work), **e}) for e in entries]
-        # Writers import aerialseg (and so torch): the per-patch work is small, stay in-process.
+        units = [
+            (
+                e["key"],
+                {
+                    "work_dir": str(work),
+                    "png_compression": cfg.export.png_compression,
+                    **e,
+                    INPUTS_KEY: unit_inputs(produced=[e["record"], e["image"]]),
+                },
+            )
+            for e in entries
+        ]
+        # Each XML unit is a copy and a small write: workers only pay off for many patches.
         results = run_units(
             state, cfg, units, _xml_unit, desc="export xml", unit="patch", overwrite=overwrite,
-            min_units_per_worker=10**9,
+            min_units_per_worker=200,
         )  # fmt: skip
     else:
         state.open(overwrite)
@@ -373,8 +415,9 @@ def run_export(cfg: PipelineConfig, overwrite: bool = False) -> dict:
             if chosen:
                 path = export_dir(work) / "hf" / "data" / f"{hf_name}-00000-of-00001.parquet"
                 counts[f"parquet_rows_{split}"] = _write_parquet(
-                    path, chosen, cfg.export.patches_per_row_group
-                )
+                    path, chosen, cfg.export.patches_per_row_group, cfg.export.png_compression,
+                    work,
+                )  # fmt: skip
     if "refcoco" in cfg.export.formats:
         write_refcoco(export_dir(work) / "refcoco", entries)
     base = [e for e in entries if not e["variant"]]

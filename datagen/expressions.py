@@ -36,7 +36,14 @@ from datagen.rules import (
     rules_dir,
     upstream_fingerprint,
 )
-from datagen.stage_state import StageState, complete_stage, require_complete, run_units
+from datagen.stage_state import (
+    INPUTS_KEY,
+    StageState,
+    complete_stage,
+    require_complete,
+    run_units,
+    unit_inputs,
+)
 from datagen.storage import atomic_write_json, read_json, stable_seed
 from datagen.uniqueness import CandidateTable, TargetTable, slot_bits, unique_candidates
 
@@ -250,19 +257,31 @@ def instance_candidates(
 def cluster_candidates(
     rules: PatchRules, vocab: RelationVocabulary
 ) -> tuple[TargetTable, Candidates, list[int]]:
-    """Target table and candidates of the clusters; also the group indices of the clusters."""
+    """Target table and candidates of the clusters; also the group indices of the clusters.
+
+    The table also holds the patch's count blockers (clusters as a reader sees them, with
+    visibly present cut-off instances) after the clusters: they emit nothing, fit every relation
+    and block the count they show in their cells. Clusters with an ambiguous count emit nothing.
+    """
     cluster_index = [k for k, g in enumerate(rules.groups) if g.kind == "cluster"]
     count = len(cluster_index)
     groups = [rules.groups[k] for k in cluster_index]
-    key = np.array([class_by_key(g.category).id * 1000 + g.size for g in groups], dtype=np.int64)
-    bits = np.array([sum(1 << c for c in g.cells) for g in groups], dtype=np.uint64)
+    blockers = rules.count_blockers
+    key = np.array(
+        [class_by_key(g.category).id * 1000 + g.size for g in [*groups, *blockers]],
+        dtype=np.int64,
+    )
+    bits = np.array([sum(1 << c for c in g.cells) for g in [*groups, *blockers]], dtype=np.uint64)
     position = np.full(len(rules.groups), -1, dtype=np.int64)
     position[cluster_index] = np.arange(count)
     possible, pairs = vocab.relations_of(rules, GROUP, count, position)
+    possible = np.concatenate([possible, np.ones((len(blockers), possible.shape[1]), dtype=bool)])
     has_relation = np.zeros(count, dtype=bool)
     has_relation[pairs[:, 0]] = True
     prefixes = []
     for t, group in enumerate(groups):
+        if group.ambiguous_count:
+            continue
         for index, template in enumerate(CLUSTER_TEMPLATES):
             slot = set(template.split())
             if ("G" in slot and group.cell < 0) or ("R" in slot and not has_relation[t]):
@@ -489,7 +508,7 @@ def _patch_unit(payload: dict) -> dict:
     )
     record = describe_patch(rules, payload["max_per_target"], payload["seed"])
     out = expressions_dir(work, payload["split"]) / f"{payload['name']}.json"
-    atomic_write_json(out, record)
+    atomic_write_json(out, record, keep_identical=True)
     counts = dict(record["counts"])
     counts["patches"] = 1
     counts["patches_with_expressions"] = int(bool(record["targets"]))
@@ -503,6 +522,9 @@ def run_expressions(cfg: PipelineConfig, overwrite: bool = False) -> dict:
     units = patch_units(cfg)
     for _, payload in units:
         payload.update(max_per_target=cfg.expressions.max_per_target, seed=cfg.seed)
+        payload[INPUTS_KEY] = unit_inputs(
+            produced=[rules_dir(cfg.work_path, payload["split"]) / f"{payload['name']}.json"]
+        )
     state = StageState(
         cfg.work_path,
         "expressions",

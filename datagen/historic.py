@@ -1,6 +1,6 @@
 """Stage ``historic``: baked historic-imagery variants of a seeded share of the patches.
 
-The filter is :func:`aerialseg.datasets.transforms.historic.apply_historic_filter`, the one
+The filter is :func:`aerialformats.historic.apply_historic_filter`, the one
 implementation training and evaluation use (RGB order, the paper's parameters), so a baked
 variant equals what the on-the-fly training transform would produce for the same generator.
 Which patches get a variant, the mode and the noise all follow from (seed, patch name), so the
@@ -16,11 +16,19 @@ from pathlib import Path
 
 import numpy as np
 
+from aerialformats.historic import apply_historic_filter
 from datagen.config import HistoricConfig, PipelineConfig, fingerprint
 from datagen.expressions import expressions_dir
 from datagen.isaid_patches import patch_dir
 from datagen.rules import patch_units, upstream_fingerprint
-from datagen.stage_state import StageState, complete_stage, require_complete, run_units
+from datagen.stage_state import (
+    INPUTS_KEY,
+    StageState,
+    complete_stage,
+    require_complete,
+    run_units,
+    unit_inputs,
+)
 from datagen.storage import atomic_write_png, read_json, read_rgb, stable_seed
 
 __all__ = ["historic_choice", "historic_dir", "make_variant", "run_historic"]
@@ -41,8 +49,6 @@ def historic_choice(name: str, cfg: HistoricConfig, seed: int) -> str | None:
 
 def make_variant(image: np.ndarray, name: str, mode: str, seed: int) -> np.ndarray:
     """Apply the shared historic filter to an (H, W, 3) uint8 RGB patch."""
-    from aerialseg.datasets.transforms.historic import apply_historic_filter
-
     rng = np.random.default_rng(stable_seed(seed, "historic-noise", name))
     return apply_historic_filter(image, mode, rng)
 
@@ -56,7 +62,7 @@ def _patch_unit(payload: dict) -> dict:
     image = read_rgb(patch_dir(work, payload["source"], split) / "images" / f"{name}.png")
     variant = make_variant(image, name, mode, payload["seed"])
     out = historic_dir(work, split) / f"{name}_{mode}.png"
-    atomic_write_png(out, variant, payload["cfg"].png_compression)
+    atomic_write_png(out, variant, payload["cfg"].png_compression, keep_identical=True)
     return {
         "outputs": [str(out.relative_to(work))],
         "variant": {"name": f"{name}_{mode}", "mode": mode},
@@ -70,6 +76,13 @@ def run_historic(cfg: PipelineConfig, overwrite: bool = False) -> dict:
     units = patch_units(cfg)
     for _, payload in units:
         payload.update(cfg=cfg.historic, seed=cfg.seed)
+        work, split, name = cfg.work_path, payload["split"], payload["name"]
+        payload[INPUTS_KEY] = unit_inputs(
+            produced=[
+                expressions_dir(work, split) / f"{name}.json",
+                patch_dir(work, payload["source"], split) / "images" / f"{name}.png",
+            ]
+        )
     state = StageState(
         cfg.work_path,
         "historic",
@@ -78,11 +91,7 @@ def run_historic(cfg: PipelineConfig, overwrite: bool = False) -> dict:
         ),
         [cfg.work_path / "stages" / "historic"],
     )
-    if any(historic_choice(p["name"], cfg.historic, cfg.seed) for _, p in units):
-        # Import the shared filter (aerialseg, hence torch: seconds) before the progress bar.
-        from aerialseg.datasets.transforms.historic import apply_historic_filter  # noqa: F401
-    # Only a few percent of the patches get a variant, and workers would each import torch
-    # (through aerialseg) first: run in-process unless there is a lot to do.
+    # Only a few percent of the patches get a variant: workers pay off only for many patches.
     results = run_units(
         state,
         cfg,
@@ -91,6 +100,6 @@ def run_historic(cfg: PipelineConfig, overwrite: bool = False) -> dict:
         desc="historic variants",
         unit="patch",
         overwrite=overwrite,
-        min_units_per_worker=2000,
+        min_units_per_worker=200,
     )
     return complete_stage(state, results)

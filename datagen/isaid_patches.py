@@ -30,7 +30,7 @@ from pycocotools import mask as mask_utils
 from datagen.classes import isaid_class
 from datagen.config import ISAIDConfig, PipelineConfig, fingerprint
 from datagen.records import Instance, Patch
-from datagen.stage_state import StageState, complete_stage, run_units
+from datagen.stage_state import INPUTS_KEY, StageState, complete_stage, run_units, unit_inputs
 from datagen.storage import (
     SourceError,
     atomic_write_json,
@@ -66,14 +66,20 @@ def patch_dir(work_dir: Path, source: str, split: str) -> Path:
 
 
 def write_patch(
-    work_dir: Path, out: Path, patch: Patch, pixels: np.ndarray, compression: int
+    work_dir: Path,
+    out: Path,
+    patch: Patch,
+    pixels: np.ndarray,
+    compression: int,
+    order: str = "rgb",
 ) -> list[str]:
     """Write a patch's PNG and annotation JSON under ``out``; return both paths relative to
-    ``work_dir`` (the unit's outputs, checked on resume)."""
+    ``work_dir`` (the unit's outputs, checked on resume). Files that already hold the same bytes
+    are left untouched, so a redone source image does not redo its unchanged patches later."""
     image_path = out / "images" / f"{patch.name}.png"
     ann_path = out / "annotations" / f"{patch.name}.json"
-    atomic_write_png(image_path, pixels, compression)
-    atomic_write_json(ann_path, patch.to_dict())
+    atomic_write_png(image_path, pixels, compression, keep_identical=True, order=order)
+    atomic_write_json(ann_path, patch.to_dict(), keep_identical=True)
     return [str(image_path.relative_to(work_dir)), str(ann_path.relative_to(work_dir))]
 
 
@@ -164,16 +170,17 @@ def extract_patches(
     stem: str,
     split: str,
     source_image: str,
+    order: str = "rgb",
 ) -> tuple[list[tuple[Patch, np.ndarray]], Counter]:
     """Cut one source image into patches.
 
     Args:
-        image: (H, W, 3) uint8 RGB.
+        image: (H, W, 3) uint8 in ``order`` ('rgb', or OpenCV's 'bgr').
         annotations: validated annotations of this image.
 
     Returns:
-        ``(patch, patch_rgb)`` pairs in row-major window order (``patch_rgb`` is a view into
-        ``image``), and counts.
+        ``(patch, pixels)`` pairs in row-major window order (``pixels`` is a view into
+        ``image``, same channel order), and counts.
     """
     size = cfg.patch_size
     height, width = image.shape[:2]
@@ -183,7 +190,7 @@ def extract_patches(
     else:
         padded = image
     # 1 where grey < black_value, in the grey image's own buffer (no bool copy of the image).
-    black = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    black = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY if order == "bgr" else cv2.COLOR_RGB2GRAY)
     cv2.threshold(black, cfg.black_value - 1, 1, cv2.THRESH_BINARY_INV, dst=black)
     xs = window_origins(width, size, cfg.stride)
     ys = window_origins(height, size, cfg.stride)
@@ -259,7 +266,8 @@ def extract_patches(
 def _image_unit(payload: dict) -> dict:
     cfg: ISAIDConfig = payload["cfg"]
     work = Path(payload["work_dir"])
-    image = read_rgb(payload["image_path"])
+    # OpenCV's BGR order throughout: the pixels are only sliced and written back.
+    image = read_rgb(payload["image_path"], order="bgr")
     height, width = image.shape[:2]
     skips: Counter = Counter()
     messages = []
@@ -273,12 +281,12 @@ def _image_unit(payload: dict) -> dict:
     skips.update(ann_skips)
     messages += [f"{payload['file_name']}: {m}" for m in ann_messages]
     patches, counts = extract_patches(
-        image, annotations, cfg, payload["stem"], payload["split"], payload["file_name"]
+        image, annotations, cfg, payload["stem"], payload["split"], payload["file_name"], "bgr"
     )
     out = patch_dir(work, "isaid", payload["split"])
     outputs, names = [], []
     for patch, pixels in patches:
-        outputs += write_patch(work, out, patch, pixels, cfg.png_compression)
+        outputs += write_patch(work, out, patch, pixels, cfg.png_compression, "bgr")
         names.append(patch.name)
     counts["images"] += 1
     return {
@@ -348,23 +356,27 @@ def extract_isaid_patches(cfg: PipelineConfig, overwrite: bool = False) -> dict:
             by_image[ann["image_id"]].append(ann)
         for image in _select_images(data["images"], cfg.isaid, cfg.seed, split):
             file_name = str(image["file_name"])
+            image_path = str(isaid_image_path(root, split, file_name))
             payload = dict(
                 cfg=cfg.isaid,
                 work_dir=str(work),
                 split=split,
                 file_name=file_name,
                 stem=Path(file_name).stem,
-                image_path=str(isaid_image_path(root, split, file_name)),
+                image_path=image_path,
                 width=int(image["width"]),
                 height=int(image["height"]),
                 annotations=by_image.get(image["id"], []),
             )
+            # Resume redoes an image whose annotation records or pixels changed.
+            payload[INPUTS_KEY] = unit_inputs(
+                sources=[image_path], records=[image, payload["annotations"]]
+            )
             units.append((f"{split}/{file_name}", payload))
-    inputs = [(key, len(p["annotations"])) for key, p in units]
     state = StageState(
         work,
         "isaid",
-        fingerprint("isaid", cfg.seed, cfg.isaid, str(root.resolve()), inputs),
+        fingerprint("isaid", cfg.seed, cfg.isaid, str(root.resolve())),
         [work / "stages" / "isaid"],
     )
     results = run_units(

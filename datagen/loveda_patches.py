@@ -26,7 +26,7 @@ from datagen.classes import LOVEDA_INSTANCE_CLASSES, LOVEDA_REGION_CLASSES, clas
 from datagen.config import InstanceRule, LoveDAConfig, PipelineConfig, fingerprint
 from datagen.isaid_patches import patch_dir, write_index, write_patch
 from datagen.records import Instance, Patch, Region, encode_mask
-from datagen.stage_state import StageState, complete_stage, run_units
+from datagen.stage_state import INPUTS_KEY, StageState, complete_stage, run_units, unit_inputs
 from datagen.storage import InputError, read_label_png, read_rgb, stable_seed
 from datagen.synthetic import LOVEDA_SPLIT_FOLDERS, loveda_paths
 
@@ -211,11 +211,12 @@ def extract_loveda_patches(cfg: PipelineConfig, overwrite: bool = False) -> dict
                 mask_path=str(mask_path),
                 source_image=f"{LOVEDA_SPLIT_FOLDERS[split]}/{domain}/{image_id}.png",
             )
+            payload[INPUTS_KEY] = unit_inputs(sources=[image_path, mask_path])
             units.append((f"{split}/{domain}/{image_id}", payload))
     state = StageState(
         work,
         "loveda",
-        fingerprint("loveda", cfg.seed, cfg.loveda, str(root.resolve()), [k for k, _ in units]),
+        fingerprint("loveda", cfg.seed, cfg.loveda, str(root.resolve())),
         [work / "stages" / "loveda"],
     )
     results = run_units(

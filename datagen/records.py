@@ -3,17 +3,27 @@
 A :class:`Patch` is what the source stages produce: one 480x480 image window with its instances
 (COCO RLE masks at patch size) and, for LoveDA, class-wide land-cover regions. The rules stage adds
 a :class:`PatchRules` (attributes, groups, relations), the expressions stage a list of targets with
-kept expressions. Category fields hold keys of :mod:`datagen.classes`.
+kept expressions. Category fields hold keys of :mod:`datagen.classes`. The RLE helpers live in
+:mod:`aerialformats.rle` (re-exported here for the stages).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
-from pycocotools import mask as mask_utils
+
+from aerialformats.rle import (
+    decode_rle,
+    encode_mask,
+    merge_rles,
+    rle_area_bbox,
+    rle_pixels,
+    rle_runs,
+)
 
 __all__ = [
+    "CountBlocker",
     "Group",
     "Instance",
     "Patch",
@@ -22,111 +32,20 @@ __all__ = [
     "RelationTable",
     "decode_rle",
     "encode_mask",
+    "merge_rles",
+    "rle_area_bbox",
     "rle_pixels",
     "rle_runs",
 ]
 
 
-def encode_mask(mask: np.ndarray) -> dict:
-    """(H, W) bool/uint8 -> ``{'size': [h, w], 'counts': str}``."""
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode()}
+def shallow_dict(record) -> dict:
+    """A dataclass's fields as a dict, values shared, not copied.
 
-
-def _coco(rle: dict) -> dict:
-    return {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
-
-
-def decode_rle(rle: dict) -> np.ndarray:
-    """``{'size', 'counts': str}`` -> (H, W) uint8 {0, 1}."""
-    return mask_utils.decode([_coco(rle)])[:, :, 0]
-
-
-def merge_rles(rles: list[dict]) -> dict:
-    """Union of RLE masks of one size, without decoding."""
-    merged = mask_utils.merge([_coco(r) for r in rles], intersect=False)
-    return {"size": [int(v) for v in merged["size"]], "counts": merged["counts"].decode()}
-
-
-def rle_runs(counts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Run lengths of COCO compressed RLE strings, decoded together with numpy.
-
-    Each value is stored as 5-bit chunks (0x20: more chunks follow; 0x10 in the last chunk:
-    negative); from the fourth value on, a value is the difference to the run two places
-    earlier. Strings never share a value, so they are parsed as one buffer. (``aerialseg`` has a
-    reader of the same format, but datagen workers must not import ``aerialseg``: it loads torch.)
-
-    Returns:
-        ``runs`` (V,) int64 (per string: background, foreground, background, ...) and ``owner``
-        (V,) int64, the index of the string each run belongs to.
+    For JSON writing only: ``dataclasses.asdict`` deep-copies every list and mask dict, which
+    was a fifth of the CPU time of the isaid -> rules -> expressions chain.
     """
-    lengths = np.array([len(c) for c in counts], dtype=np.int64)
-    chunks = np.frombuffer("".join(counts).encode("ascii"), dtype=np.uint8).astype(np.int64) - 48
-    if chunks.size == 0:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    chunk_owner = np.repeat(np.arange(len(counts)), lengths)
-    last = (chunks & 0x20) == 0
-    starts = np.flatnonzero(np.concatenate(([True], last[:-1])))
-    position = np.arange(chunks.size) - np.repeat(starts, np.diff(np.append(starts, chunks.size)))
-    values = np.add.reduceat((chunks & 0x1F) << (5 * position), starts)
-    negative = (chunks[last] & 0x10) != 0
-    values[negative] -= np.int64(1) << (5 * (position[last][negative] + 1))
-    owner = chunk_owner[starts]
-    per_string = np.bincount(owner, minlength=len(counts))
-    first = np.cumsum(per_string) - per_string
-    index = np.arange(values.size) - first[owner]
-    runs = values.copy()
-    delta = index >= 3
-    if delta.any():
-        # runs[i] = runs[i - 2] + values[i]: a cumulative sum per (string, parity) chain,
-        # started from the run at index 1 or 2 of the string.
-        chain = owner * 2 + (index % 2)
-        order = np.lexsort((index, chain))
-        contrib = np.where(delta, values, 0)[order]
-        total = np.cumsum(contrib)
-        chain_sorted = chain[order]
-        chain_start = np.flatnonzero(
-            np.concatenate(([True], chain_sorted[1:] != chain_sorted[:-1]))
-        )
-        start_of = np.repeat(chain_start, np.diff(np.append(chain_start, order.size)))
-        running = total - total[start_of] + contrib[start_of]
-        base = values[first[owner[order]] + np.where(index[order] % 2 == 1, 1, 2)]
-        runs[order[delta[order]]] = (base + running)[delta[order]]
-    return runs, owner
-
-
-def rle_pixels(rles: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Foreground pixels of several RLE masks, in O(total area) (no full-size decode).
-
-    Returns:
-        ``(owner, ys, xs)`` (P,) int64: the mask index and coordinates of every pixel.
-    """
-    if not rles:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty, empty
-    heights = np.array([int(r["size"][0]) for r in rles], dtype=np.int64)
-    runs, owner = rle_runs([r["counts"] for r in rles])
-    per_string = np.bincount(owner, minlength=len(rles))
-    first = np.cumsum(per_string) - per_string
-    index = np.arange(runs.size) - first[owner]
-    ends = np.cumsum(runs)
-    string_offset = (ends - runs)[first[owner]]
-    run_start = ends - runs - string_offset
-    foreground = index % 2 == 1
-    fg_start, fg_len, fg_owner = run_start[foreground], runs[foreground], owner[foreground]
-    total = int(fg_len.sum())
-    linear = np.repeat(fg_start - (np.cumsum(fg_len) - fg_len), fg_len) + np.arange(total)
-    pixel_owner = np.repeat(fg_owner, fg_len)
-    height = heights[pixel_owner]
-    return pixel_owner, linear % height, linear // height
-
-
-def rle_area_bbox(rle: dict) -> tuple[int, tuple[int, int, int, int]]:
-    """Pixel count and ``(xmin, ymin, xmax, ymax)`` (max exclusive) of an RLE mask."""
-    coco = _coco(rle)
-    area = int(mask_utils.area(coco))
-    x, y, w, h = (int(v) for v in mask_utils.toBbox(coco))
-    return area, (x, y, x + w, y + h)
+    return {f.name: getattr(record, f.name) for f in fields(record)}
 
 
 @dataclass
@@ -172,7 +91,11 @@ class Patch:
     regions: list[Region] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The JSON form (nested records as dicts)."""
+        data = shallow_dict(self)
+        data["instances"] = [shallow_dict(i) for i in self.instances]
+        data["regions"] = [shallow_dict(r) for r in self.regions]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> Patch:
@@ -200,6 +123,9 @@ class Group:
     centroid: tuple[float, float]
     cell: int
     cells: list[int]
+    # Clusters only: a visibly present cut-off instance would join it (or merge it with another
+    # cluster) in the reader's eyes, so its member count is not what the picture shows.
+    ambiguous_count: bool = False
 
     @property
     def size(self) -> int:
@@ -299,18 +225,30 @@ class InstanceAttributes:
 
 
 @dataclass
+class CountBlocker:
+    """A cluster as a reader sees it, counting visibly present cut-off instances: never a target
+    of its own, it blocks "the group of ``size`` <category>" expressions in ``cells``."""
+
+    category: str
+    size: int
+    cells: list[int]
+
+
+@dataclass
 class PatchRules:
     patch: Patch
     attributes: list[InstanceAttributes]
     groups: list[Group]
     relations: RelationTable
+    count_blockers: list[CountBlocker] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
             "patch": self.patch.to_dict(),
-            "attributes": [asdict(a) for a in self.attributes],
-            "groups": [asdict(g) for g in self.groups],
+            "attributes": [shallow_dict(a) for a in self.attributes],
+            "groups": [shallow_dict(g) for g in self.groups],
             "relations": self.relations.to_dict(),
+            "count_blockers": [shallow_dict(b) for b in self.count_blockers],
         }
 
     @classmethod
@@ -326,4 +264,5 @@ class PatchRules:
                 for g in data["groups"]
             ],
             relations=RelationTable.from_dict(data["relations"]),
+            count_blockers=[CountBlocker(**b) for b in data.get("count_blockers", ())],
         )

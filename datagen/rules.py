@@ -38,6 +38,7 @@ from datagen.isaid_patches import patch_dir
 from datagen.records import (
     GROUP,
     INSTANCE,
+    CountBlocker,
     Group,
     InstanceAttributes,
     Patch,
@@ -47,7 +48,14 @@ from datagen.records import (
     rle_area_bbox,
     rle_pixels,
 )
-from datagen.stage_state import StageState, complete_stage, require_complete, run_units
+from datagen.stage_state import (
+    INPUTS_KEY,
+    StageState,
+    complete_stage,
+    require_complete,
+    run_units,
+    unit_inputs,
+)
 from datagen.storage import atomic_write_json, read_json, read_rgb
 
 __all__ = [
@@ -59,6 +67,7 @@ __all__ = [
     "classify_color",
     "classify_colors",
     "cluster_boxes",
+    "count_blockers",
     "derive_rules",
     "direction_sector",
     "extreme_labels",
@@ -66,6 +75,7 @@ __all__ = [
     "pairwise_relations",
     "run_rules",
     "size_labels",
+    "visibly_present",
 ]
 
 GRID_PHRASES = (
@@ -259,14 +269,19 @@ def size_labels(
 
 
 def classify_colors(
-    hsv: np.ndarray, owner: np.ndarray, count: int, cfg: ColorConfig, achromatic_only: np.ndarray
-) -> list[tuple[str | None, list[str]]]:
+    hsv: np.ndarray, owner: np.ndarray, count: int, cfg: ColorConfig, achromatic_only: np.ndarray,
+    visible: np.ndarray | None = None,
+) -> list[tuple[str | None, list[str]]]:  # fmt: skip
     """Colour names of ``count`` objects from the HSV values of their pixels.
 
     Args:
         hsv: (P, 3) uint8 OpenCV HSV (H 0..179, S and V 0..255) of all objects' pixels.
         owner: (P,) index of the object each pixel belongs to.
         achromatic_only: (count,) bool, objects named only light/dark (buildings, water).
+        visible: (count,) bool, objects a reader sees (default all). Below ``min_pixels`` an
+            object never has a definite colour; a visible one still shows its colours, so
+            every name with ``possible_share`` of its pixels is possible (a blue sliver blocks
+            "the blue car"); an invisible one is only light or dark.
 
     Returns:
         per object ``(color, possible)``: the definite name or None (ambiguous), and every name
@@ -286,7 +301,12 @@ def classify_colors(
     results = []
     for k in range(count):
         if pixels[k] < cfg.min_pixels:
-            results.append((None, list(ACHROMATIC)))
+            possible = set(ACHROMATIC)
+            if visible is None or visible[k]:
+                possible |= {COLORS[i] for i in np.flatnonzero(shares[k] >= cfg.possible_share)}
+                if achromatic_only[k]:
+                    possible &= set(ACHROMATIC)
+            results.append((None, [c for c in COLORS if c in possible]))
             continue
         light, dark = shares[k, 0], shares[k, 1]
         chroma = 1.0 - light - dark
@@ -472,6 +492,54 @@ def build_groups(
     return groups
 
 
+def visibly_present(
+    areas: np.ndarray, visible_ratio: np.ndarray, cutoff: np.ndarray, cfg: RulesConfig
+) -> np.ndarray:
+    """(N,) bool: instances a reader sees: every non-cut-off one, and cut-off ones showing at
+    least ``visible_cutoff_ratio`` of the object or ``visible_cutoff_pixels`` pixels."""
+    return (
+        ~cutoff | (visible_ratio >= cfg.visible_cutoff_ratio) | (areas >= cfg.visible_cutoff_pixels)
+    )
+
+
+def count_blockers(
+    patch: Patch, groups: list[Group], visible: np.ndarray, cutoff: np.ndarray, cfg: RulesConfig
+) -> list[CountBlocker]:
+    """Clusters as a reader sees them, with the visibly present cut-off instances.
+
+    The written clusters are built from non-cut-off instances only. Clustering again with the
+    visible cut-off ones added, a written cluster whose member set is not among the seen
+    clusters gets ``ambiguous_count`` (the picture shows another count: "the group of 2 large
+    vehicles" beside a visible third), and every seen cluster holding a cut-off instance becomes
+    a :class:`~datagen.records.CountBlocker` of its size. Marks ``groups`` in place.
+    """
+    instances = patch.instances
+    categories = [i.category for i in instances]
+    extra = {categories[k] for k in np.flatnonzero(visible & cutoff)}
+    blockers: list[CountBlocker] = []
+    for category in sorted(extra, key=lambda key: class_by_key(key).id):
+        seen = [k for k, c in enumerate(categories) if c == category and visible[k]]
+        boxes = np.array([instances[k].bbox for k in seen], dtype=np.float64).reshape(-1, 4)
+        labels = cluster_boxes(
+            boxes, cfg.cluster_eps, cfg.cluster_min_samples, cfg.cluster_max_size
+        )
+        seen_sets = []
+        for label in range(labels.max(initial=-1) + 1):
+            chosen = [seen[k] for k in np.flatnonzero(labels == label)]
+            seen_sets.append(frozenset(instances[k].id for k in chosen))
+            if cutoff[chosen].any():
+                x0, y0, x1, y1 = boxes[labels == label].T
+                centre = (((x0 + x1) / 2).mean(), ((y0 + y1) / 2).mean())
+                _, cells = grid_candidates(
+                    *centre, patch.width, patch.height, cfg.grid_border_fraction
+                )
+                blockers.append(CountBlocker(category, len(chosen), cells))
+        for group in groups:
+            if group.kind == "cluster" and group.category == category:
+                group.ambiguous_count = frozenset(group.member_ids) not in seen_sets
+    return blockers
+
+
 # --------------------------------------------------------------------------------------------------
 # One patch
 
@@ -499,7 +567,8 @@ def derive_rules(patch: Patch, image: np.ndarray, cfg: RulesConfig) -> PatchRule
     if ys.size:
         hsv = cv2.cvtColor(image[ys, xs][:, None, :], cv2.COLOR_RGB2HSV)[:, 0, :]
     only_light_dark = np.array([c in NO_LOCATION_CLASSES for c in categories], dtype=bool)
-    colors = classify_colors(hsv, owner, count, cfg.color, only_light_dark)
+    visible = visibly_present(areas, ratios, cutoff, cfg)
+    colors = classify_colors(hsv, owner, count, cfg.color, only_light_dark, visible)
     attributes = []
     for k in range(count):
         color, possible_colors = colors[k]
@@ -518,6 +587,7 @@ def derive_rules(patch: Patch, image: np.ndarray, cfg: RulesConfig) -> PatchRule
             )
         )
     groups = build_groups(patch, centres, cutoff, cfg)
+    blockers = count_blockers(patch, groups, visible, cutoff, cfg)
     clusters = [g for g in groups if g.kind == "cluster"]
     group_index = {g.id: k for k, g in enumerate(groups)}
     tables = []
@@ -534,14 +604,17 @@ def derive_rules(patch: Patch, image: np.ndarray, cfg: RulesConfig) -> PatchRule
         ids = [i.id for i in instances]
         member = np.array([[ids[k] in g.member_ids for g in clusters] for k in range(count)])
         rel = pairwise_relations(boxes, centres, c_boxes, c_centres, cfg)
-        definite = np.ones_like(member)
+        # "a group of 2 large vehicles" is no reference where the picture shows another count.
+        countable = np.array([not g.ambiguous_count for g in clusters])
+        definite = np.broadcast_to(countable[None, :], member.shape)
         tables.append(
             _relation_rows(rel, ~member, definite, INSTANCE, GROUP, np.arange(count), c_index)
         )
         rel = pairwise_relations(c_boxes, c_centres, c_boxes, c_centres, cfg)
         not_self = ~np.eye(len(clusters), dtype=bool)
-        tables.append(_relation_rows(rel, not_self, not_self, GROUP, GROUP, c_index, c_index))
-    return PatchRules(patch, attributes, groups, RelationTable.concat(tables))
+        definite = not_self & countable[None, :]
+        tables.append(_relation_rows(rel, not_self, definite, GROUP, GROUP, c_index, c_index))
+    return PatchRules(patch, attributes, groups, RelationTable.concat(tables), blockers)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -559,7 +632,7 @@ def _patch_unit(payload: dict) -> dict:
     image = read_rgb(source_dir / "images" / f"{patch.name}.png")
     rules = derive_rules(patch, image, payload["cfg"])
     out = rules_dir(work, payload["split"]) / f"{patch.name}.json"
-    atomic_write_json(out, rules.to_dict())
+    atomic_write_json(out, rules.to_dict(), keep_identical=True)
     return {
         "outputs": [str(out.relative_to(work))],
         "counts": {
@@ -602,6 +675,13 @@ def run_rules(cfg: PipelineConfig, overwrite: bool = False) -> dict:
     units = patch_units(cfg)
     for _, payload in units:
         payload["cfg"] = cfg.rules
+        source_dir = patch_dir(cfg.work_path, payload["source"], payload["split"])
+        payload[INPUTS_KEY] = unit_inputs(
+            produced=[
+                source_dir / "annotations" / f"{payload['name']}.json",
+                source_dir / "images" / f"{payload['name']}.png",
+            ]
+        )
     state = StageState(
         cfg.work_path,
         "rules",

@@ -1,16 +1,27 @@
-"""Resumable stages: a journal of finished units, a configuration fingerprint, a skip report.
+"""Resumable stages: a journal of finished units, fingerprints, a skip report.
 
-Layout under ``<work_dir>/.state/<stage>/``: ``fingerprint`` (hash of everything that decides the
-stage's outputs), ``journal.jsonl`` (one line per finished unit, appended by the main process
-only after the unit's files were moved into place) and ``complete.json``. A killed stage
-restarts with the units missing from the journal; outputs are named from their inputs, so a
-redone unit overwrites its own files and nothing is duplicated. Units whose recorded files have
-gone missing are redone as well.
+Layout under ``<work_dir>/.state/<stage>/``: ``fingerprint`` (hash of the stage's configuration
+and of its upstream stages' configurations), ``journal.jsonl`` (one line per finished unit,
+appended by the main process only after the unit's files were moved into place) and
+``complete.json``. A killed stage restarts with the units missing from the journal; outputs are
+named from their inputs, so a redone unit overwrites its own files and nothing is duplicated.
+
+A unit is also redone when what it reads changed since it ran: units may declare their inputs
+(:func:`unit_inputs`): the records they are given (hashed in the main process) and the files
+they read. The journal keeps each file's ``(size, mtime_ns, content digest)``; on resume an
+unchanged size and mtime is trusted (as ``git status`` does), otherwise the file is hashed again
+and only a different content redoes the unit. So editing one polygon redoes one source image;
+its patches are rewritten byte for byte where nothing changed, and the later stages redo only
+the patches whose content did change. Outputs of units that no longer exist are deleted, and so
+are files a redone unit no longer produces. Units whose recorded files have gone missing are
+redone as well.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -18,9 +29,25 @@ from pathlib import Path
 
 from datagen.config import PipelineConfig
 from datagen.parallel import WorkUnit, map_units
-from datagen.storage import atomic_write_bytes, atomic_write_json, remove_temp_files
+from datagen.storage import InputError, atomic_write_bytes, atomic_write_json, remove_temp_files
 
-__all__ = ["StageError", "StageState", "require_complete", "run_units", "summarize", "write_report"]
+__all__ = [
+    "INPUTS_KEY",
+    "StageError",
+    "StageState",
+    "file_digest",
+    "file_identity",
+    "records_digest",
+    "require_complete",
+    "run_units",
+    "summarize",
+    "unit_inputs",
+    "write_report",
+]
+
+# Payload key of a unit's declared inputs (see unit_inputs); run_units strips it before the call.
+INPUTS_KEY = "_inputs"
+_HASH_BLOCK = 1 << 20
 
 MAX_REPORTED_MESSAGES = 50
 
@@ -51,8 +78,8 @@ class StageState:
             if not overwrite:
                 raise StageError(
                     f"stage '{self.stage}' in '{self.work_dir}' was run with a different "
-                    "configuration or different inputs; pass --overwrite to discard its results, "
-                    "or use another work_dir"
+                    "configuration; pass --overwrite to discard its results, or use another "
+                    "work_dir"
                 )
             self.discard()
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -69,7 +96,10 @@ class StageState:
                 path.unlink()
 
     def load_journal(self) -> dict[str, dict]:
-        """Finished units; a line cut by a kill (the last one) is ignored."""
+        """Finished units, the last line per key; a line cut by a kill (the last one) is ignored.
+
+        Each entry is ``{'key', 'result', 'inputs'}`` (``inputs`` as recorded by run_units).
+        """
         done: dict[str, dict] = {}
         if not self.journal_path.is_file():
             return done
@@ -78,11 +108,12 @@ class StageState:
                 entry = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            done[entry["key"]] = entry["result"]
+            done[entry["key"]] = entry
         return done
 
-    def record(self, stream, key: str, result: dict) -> None:
-        stream.write(json.dumps({"key": key, "result": result}, separators=(",", ":")) + "\n")
+    def record(self, stream, key: str, result: dict, inputs: dict | None = None) -> None:
+        entry = {"key": key, "result": result, "inputs": inputs}
+        stream.write(json.dumps(entry, separators=(",", ":")) + "\n")
         stream.flush()
 
     def is_complete(self) -> bool:
@@ -110,6 +141,122 @@ def _outputs_present(root: Path, result: dict) -> bool:
     return all((root / rel).exists() for rel in result.get("outputs", ()))
 
 
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-1 of a file's bytes, read in 1 MiB blocks (a change detector, not a security check)."""
+    digest = hashlib.sha1(usedforsecurity=False)
+    with open(path, "rb") as stream:
+        while block := stream.read(_HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_identity(path: str | os.PathLike, content: bool = True) -> list | None:
+    """``[size, mtime_ns, digest]`` of a file (digest None unless ``content``), None if absent.
+
+    The stat is taken before hashing: a file replaced meanwhile looks changed next time, never
+    unchanged.
+    """
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return [stat.st_size, stat.st_mtime_ns, file_digest(path) if content else None]
+
+
+def records_digest(records) -> str:
+    """Digest of JSON-serialisable records (key order does not matter)."""
+    text = json.dumps(records, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
+
+
+def unit_inputs(
+    sources: Sequence[str | os.PathLike] = (),
+    produced: Sequence[str | os.PathLike] = (),
+    records=None,
+) -> dict:
+    """Declare what a unit reads: put the result under ``payload[INPUTS_KEY]``.
+
+    Args:
+        sources: source files (images, masks) the unit reads: identified by size, mtime and
+            content digest, so a touched but unchanged file does not redo the unit.
+        produced: files an earlier stage wrote: identified by size and mtime only (no hashing
+            cost in the chain), exact because the stages never rewrite a file with the same
+            bytes (``keep_identical``).
+        records: the data the unit is given in its payload (e.g. the source annotations of an
+            image); hashed here, in the main process.
+    """
+    files = {str(f): True for f in sources}
+    files.update({str(f): False for f in produced})
+    return {"files": files, "records": None if records is None else records_digest(records)}
+
+
+def _current_identity(path: str, recorded: list | None) -> list | None | bool:
+    """The file's identity if its content is unchanged since ``recorded``, else False.
+
+    An unchanged size and mtime is trusted; otherwise a recorded digest decides (the returned
+    identity then carries the new stat, so the next resume need not hash again).
+    """
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return None if recorded is None else False
+    if recorded is None:
+        return False
+    current = [stat.st_size, stat.st_mtime_ns]
+    if current == recorded[:2]:
+        return recorded
+    if recorded[2] is not None and file_digest(path) == recorded[2]:
+        return [*current, recorded[2]]
+    return False
+
+
+def _unchanged_inputs(declared: dict | None, recorded: dict | None) -> dict | None | bool:
+    """The inputs as they are now if a unit's declared inputs did not change, else False."""
+    if declared is None:
+        return recorded
+    if recorded is None or declared["records"] != recorded.get("records"):
+        return False
+    files = recorded.get("files", {})
+    if sorted(files) != sorted(declared["files"]):
+        return False
+    current = {}
+    for path in declared["files"]:
+        identity = _current_identity(path, files[path])
+        if identity is False:
+            return False
+        current[path] = identity
+    return {"records": declared["records"], "files": current}
+
+
+def _identified_call(task: tuple[Callable[[object], dict], object, dict | None]) -> dict:
+    """Run a unit and return its result with the identities of the files it read.
+
+    The identities are taken before the unit reads the files (a change meanwhile redoes the unit
+    next time); a unit skipped for bad input still records them, so fixing the file redoes it.
+    """
+    fn, payload, declared = task
+    inputs = None
+    if declared is not None:
+        inputs = {
+            "records": declared["records"],
+            "files": {
+                path: file_identity(path, content) for path, content in declared["files"].items()
+            },
+        }
+    try:
+        result = fn(payload)
+    except InputError as exc:
+        result = {"skipped": exc.reason, "message": str(exc)}
+    return {"result": result, "inputs": inputs}
+
+
+def _remove_outputs(root: Path, outputs, keep=()) -> None:
+    keep = set(keep)
+    for rel in outputs:
+        if rel not in keep:
+            (root / rel).unlink(missing_ok=True)
+
+
 def run_units(
     state: StageState,
     cfg: PipelineConfig,
@@ -121,25 +268,42 @@ def run_units(
     overwrite: bool = False,
     min_units_per_worker: int = 1,
 ) -> dict[str, dict]:
-    """Run ``fn`` on every unit not yet journaled; return all results keyed and sorted by key.
+    """Run ``fn`` on every unit not finished with its current inputs; return all results keyed
+    and sorted by key.
 
-    ``result['outputs']`` (paths relative to the work dir) are checked on resume.
+    A unit is finished when the journal holds it, its ``result['outputs']`` (paths relative to
+    the work dir) exist, and the inputs it declared under ``payload[INPUTS_KEY]``
+    (:func:`unit_inputs`) are unchanged since it ran.
     """
     state.open(overwrite)
     state.clear_complete()
     keys = {key for key, _ in units}
     if len(keys) != len(units):
         raise ValueError(f"stage '{state.stage}': duplicate unit keys")
-    done = {
-        key: result
-        for key, result in state.load_journal().items()
-        if key in keys and _outputs_present(state.work_dir, result)
-    }
-    todo = [u for u in units if u[0] not in done]
-    results = dict(done)
+    journal_entries = state.load_journal()
+    for key, entry in journal_entries.items():
+        if key not in keys:  # the unit's input is gone: so are its outputs
+            _remove_outputs(state.work_dir, entry["result"].get("outputs", ()))
+    results: dict[str, dict] = {}
+    todo = []
+    refreshed = []  # finished units whose files were touched but hold the same content
+    for key, payload in units:
+        declared = payload.pop(INPUTS_KEY, None) if isinstance(payload, dict) else None
+        entry = journal_entries.get(key)
+        inputs = False
+        if entry is not None and _outputs_present(state.work_dir, entry["result"]):
+            inputs = _unchanged_inputs(declared, entry.get("inputs"))
+        if inputs is False:
+            todo.append((key, (fn, payload, declared)))
+            continue
+        results[key] = entry["result"]
+        if inputs != entry.get("inputs"):
+            refreshed.append((key, entry["result"], inputs))
     with open(state.journal_path, "a", encoding="utf-8") as journal:
-        for key, result in map_units(
-            fn,
+        for key, result, inputs in refreshed:
+            state.record(journal, key, result, inputs)
+        for key, answer in map_units(
+            _identified_call,
             todo,
             workers=cfg.workers,
             desc=desc,
@@ -148,7 +312,14 @@ def run_units(
             progress=cfg.progress,
             min_units_per_worker=min_units_per_worker,
         ):
-            state.record(journal, key, result)
+            result = answer["result"]
+            if key in journal_entries:  # redone: files it no longer writes are stale
+                _remove_outputs(
+                    state.work_dir,
+                    journal_entries[key]["result"].get("outputs", ()),
+                    keep=result.get("outputs", ()),
+                )
+            state.record(journal, key, result, answer["inputs"])
             results[key] = result
     return {key: results[key] for key in sorted(results)}
 

@@ -644,4 +644,4 @@ def _write_isaid_json(
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, **annotation})
     categories = [{"id": c.id, "name": str(c.raw)} for c in CLASSES if c.source == "isaid"]
     data = {"images": images, "annotations": annotations, "categories": categories}
-    atomic_write_json(isaid_json_path(root, split), data)
+    atomic_write_json(isaid_json_path(root, split), data, keep_identical=True)

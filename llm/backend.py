@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,11 +152,19 @@ def backoff_delay(retry: int, initial_s: float, max_s: float, rng: random.Random
     return rng.uniform(0.0, min(max_s, initial_s * (2**retry)))
 
 
-async def send_chat(client, body: dict[str, Any], config: EnhanceConfig, rng: random.Random):
+async def send_chat(
+    client,
+    body: dict[str, Any],
+    config: EnhanceConfig,
+    rng: random.Random,
+    errors: Counter | None = None,
+):
     """Send one request through ``client.chat.completions.create`` with retries.
 
-    Returns the SDK's ``ChatCompletion``. Raises :class:`TransportFailure` when retries run out or
-    the error is final, and :class:`FatalBackendError` on 401/403/404.
+    Every transport error (retried or final) is counted by reason in ``errors``: a client-side
+    ``timeout`` may still have been processed and billed by the server, so ``llm report`` counts
+    them apart. Returns the SDK's ``ChatCompletion``. Raises :class:`TransportFailure` when
+    retries run out or the error is final, and :class:`FatalBackendError` on 401/403/404.
     """
     import openai
 
@@ -168,6 +177,8 @@ async def send_chat(client, body: dict[str, Any], config: EnhanceConfig, rng: ra
             return await client.chat.completions.create(**named, extra_body=extra or None)
         except (openai.APIStatusError, openai.APIConnectionError) as exc:
             reason, retryable = classify_error(exc)
+            if errors is not None:
+                errors[reason] += 1
             status = getattr(exc, "status_code", None)
             if status in _FATAL_STATUS:
                 raise FatalBackendError(

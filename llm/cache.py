@@ -19,12 +19,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from datagen.storage import atomic_write_text
+from aerialformats.atomic import atomic_write_text
 
 
-def request_key(body: dict[str, Any], base_url: str | None) -> str:
+def request_key(body: dict[str, Any], base_url: str | None, sample: int = 0) -> str:
+    """The cache key of a request. ``sample`` k > 0 enters the key only when the body has no
+    ``seed`` (``sampling.seed: null``): the bodies of all samples are then identical, and without
+    it a re-sample would find the cached (invalid) first answer instead of asking again."""
+    keyed: dict[str, Any] = {"base_url": base_url or "openai", "body": body}
+    if sample and "seed" not in body:
+        keyed["sample"] = sample
     canonical = json.dumps(
-        {"base_url": base_url or "openai", "body": body},
+        keyed,
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,

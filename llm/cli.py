@@ -36,6 +36,16 @@ def _add_remote_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work-dir", required=True, help="ledger, cache and batch state")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llm", description="Aerial-D expression enhancement and Gemma 3 distillation"
@@ -57,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(prepare)
     prepare.add_argument("--sample", type=int, help="stratified sample of N targets")
     prepare.add_argument("--sample-seed", type=int, default=0)
-    prepare.add_argument("--max-requests", type=int, default=50_000)
-    prepare.add_argument("--max-bytes", type=int, default=190_000_000)
+    prepare.add_argument("--max-requests", type=_positive_int, default=50_000)
+    prepare.add_argument("--max-bytes", type=_positive_int, default=190_000_000)
     _add_remote_args(steps.add_parser("submit", help="upload parts and create batches"))
     _add_remote_args(steps.add_parser("status", help="poll the batches"))
     _add_data_args(steps.add_parser("collect", help="download answers and merge them"))
@@ -180,9 +190,10 @@ def _report(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from aerialseg.datasets.aerial_d_format import AerialDFormatError
+    from aerialformats.aerial_d import AerialDFormatError
     from llm.backend import FatalBackendError, MissingApiKeyError
-    from llm.batch import BatchStateError
+    from llm.batch import RequestTooLargeError
+    from llm.batch_state import BatchStateError
     from llm.render import RenderError
 
     args = build_parser().parse_args(argv)
@@ -210,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         MissingApiKeyError,
         FatalBackendError,
         BatchStateError,
+        RequestTooLargeError,
         AerialDFormatError,
         RenderError,
         FileNotFoundError,

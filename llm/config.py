@@ -7,11 +7,12 @@ silently falls back to a default::
     sampling:  {temperature, top_p, max_completion_tokens, max_tokens, reasoning_effort, seed,
                 extra_body}
     queue:     {concurrency, max_transport_retries, backoff_initial_s, backoff_max_s,
-                max_resamples, abort_after_failures}
+                max_resamples, sample_budget, abort_after_failures}
     render:    {image_size, line_width, crop_margin, crop_min_side, overlay_alpha,
                 min_component_pixels, image_format, jpeg_quality}
     validation:{num_unique, min_words, max_words, max_analysis_chars, forbidden_patterns}
-    pricing:   {input_per_million, output_per_million, batch_discount}
+    pricing:   {input_per_million, output_per_million, cached_input_per_million, batch_discount}
+               (optional: without it ``llm report`` prints the cost as unknown, never $0)
 
 The API key is never part of the file: ``backend.api_key_env`` names the environment variable that
 holds it. Ready-made files for OpenAI o3, vLLM serving a (fine-tuned) Gemma 3 and
@@ -87,8 +88,11 @@ class QueueConfig(ConfigSection):
     max_transport_retries: int = Field(6, ge=0)
     backoff_initial_s: float = Field(1.0, ge=0)
     backoff_max_s: float = Field(60.0, ge=0)
-    # New samples (next seed) after an answer fails validation.
+    # New samples (next seed) after an answer fails validation, per target and run.
     max_resamples: int = Field(2, ge=0)
+    # Samples per target over all runs: a re-run re-validates the cached ones (free) and asks for
+    # new ones (next seeds) until this many were tried.
+    sample_budget: int = Field(6, ge=1)
     # Stop the run when this many targets in a row were lost to transport errors (server down).
     abort_after_failures: int = Field(20, ge=1)
 
@@ -115,10 +119,14 @@ class ValidationConfig(ConfigSection):
 
 
 class PricingConfig(ConfigSection):
-    """USD per million tokens, for ``llm report``'s cost estimate."""
+    """USD per million tokens, for ``llm report``'s cost. Input and output prices are required:
+    a price table without them is an error, not a free run."""
 
-    input_per_million: float = Field(0.0, ge=0)
-    output_per_million: float = Field(0.0, ge=0)
+    input_per_million: float = Field(ge=0)
+    output_per_million: float = Field(ge=0)
+    # Prompt tokens the provider served from its prompt cache (``prompt_tokens_details.
+    # cached_tokens``); None: billed at the full input price (never under-counts).
+    cached_input_per_million: float | None = Field(None, ge=0)
     batch_discount: float = Field(0.5, ge=0, le=1)
 
 
@@ -128,7 +136,8 @@ class EnhanceConfig(ConfigSection):
     queue: QueueConfig = QueueConfig()
     render: RenderConfig = RenderConfig()
     validation: ValidationConfig = ValidationConfig()
-    pricing: PricingConfig = PricingConfig()
+    # None: the cost is unknown (a self-hosted server has no list price; give your own).
+    pricing: PricingConfig | None = None
 
 
 class ConfigError(ValueError):

@@ -10,6 +10,10 @@ Flow per run:
 3. ``concurrency`` workers render the two images, build the prompt and send the request (cache
    first), validate the answer and re-sample with the next seed when it is invalid. Each resolved
    target is appended to the ledger at once.
+   Sample k of a target has its own cache key (seed + k), so a re-run re-validates the samples it
+   already paid for (free) and then asks for new ones: up to ``1 + queue.max_resamples`` new
+   requests per target and run, and ``queue.sample_budget`` samples per target over all runs.
+   A first request that sits in a Batch API part not yet collected is not sent (``awaiting_batch``).
 4. When the last target of a file is resolved, the file is rewritten atomically: the entity's old
    LLM expressions are replaced by the validated ones, each with provenance (source id, model,
    prompt version, time). Failed targets are left untouched and recorded in the ledger with their
@@ -28,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aerialseg.datasets.aerial_d_format import (
+from aerialformats.aerial_d import (
     Expression,
     PatchAnnotation,
     remove_stale_temp_files,
@@ -41,6 +45,7 @@ from llm.backend import (
     make_async_client,
     send_chat,
 )
+from llm.batch_state import load_batch_state, pending_keys
 from llm.cache import ResponseCache, request_key
 from llm.config import EnhanceConfig
 from llm.ledger import Ledger
@@ -79,7 +84,10 @@ class RunSummary:
     merged_from_ledger: int = 0
     ok: int = 0
     failed: int = 0
+    # Targets left without a ledger record: offline with nothing cached, or (online) waiting in
+    # a Batch API part that `llm batch collect` has not read yet (also in `awaiting_batch`).
     not_collected: int = 0
+    awaiting_batch: int = 0
     requests_sent: int = 0
     cache_hits: int = 0
     prompt_tokens: int = 0
@@ -158,8 +166,13 @@ class EnhanceRunner:
         work_dir: str | Path,
         options: RunOptions | None = None,
         client: Any = None,
+        batch_failures: dict[str, str] | None = None,
     ):
         self.config = config
+        # Offline runs after `llm batch collect`: request key → reason the batch gave no answer.
+        self.batch_failures = batch_failures or {}
+        # Online runs: keys a submitted batch may still answer; requesting them would pay twice.
+        self.batch_pending: set[str] = set()
         self.options = options or RunOptions()
         self.work_dir = Path(work_dir)
         self.version = prompt_version(config)
@@ -231,7 +244,11 @@ class EnhanceRunner:
         }
 
     async def _answer(self, target: EnhanceTarget) -> dict | None:
-        """Resolve one target to a ledger record (``None``: offline and nothing cached)."""
+        """Resolve one target to a ledger record (``None``: offline and nothing cached).
+
+        Samples 0, 1, ... are tried in order; cached ones cost nothing and are validated again, so
+        a re-run continues after the samples an earlier run found invalid.
+        """
         config = self.config
         try:
             images = await asyncio.to_thread(render_enhance_target, target, config.render)
@@ -241,23 +258,37 @@ class EnhanceRunner:
         messages = openai_messages(prompt, images)
         attempts: list[dict] = []
         last: InvalidAnswer | None = None
-        for sample in range(1 + config.queue.max_resamples):
+        new_requests = 0
+        for sample in range(config.queue.sample_budget):
             body = chat_request_body(config, messages, len(target.originals), sample)
-            key = request_key(body, config.backend.base_url)
+            key = request_key(body, config.backend.base_url, sample)
             entry = self.cache.get(key)
             cached = entry is not None
+            transport: Counter = Counter()
             if entry is None:
                 if self.options.offline:
+                    if sample == 0 and key in self.batch_failures:
+                        return self._batch_failure(target, key)
                     break
+                if sample == 0 and key in self.batch_pending:
+                    self.summary.awaiting_batch += 1
+                    return None
+                if new_requests > config.queue.max_resamples:
+                    break  # this run's re-samples are spent; a re-run continues from here
                 try:
-                    completion = await send_chat(self.client, body, config, self._rng)
+                    completion = await send_chat(self.client, body, config, self._rng, transport)
                 except TransportFailure as failure:
                     self._lost_to_transport(failure)
-                    attempts.append({"key": key, "sample": sample, "error": failure.reason})
+                    attempt = {"key": key, "sample": sample, "error": failure.reason}
+                    transport[failure.reason] -= 1  # the final error is `error`
+                    if +transport:
+                        attempt["transport_errors"] = dict(+transport)
+                    attempts.append(attempt)
                     return self._record(
                         target, "failed", attempts, reason=failure.reason, detail=str(failure)
                     )
                 self._transport_losses = 0
+                new_requests += 1
                 self.summary.requests_sent += 1
                 entry = self.cache.put(key, completion.model_dump(mode="json"), "api")
             else:
@@ -275,6 +306,8 @@ class EnhanceRunner:
                 "finish_reason": finish_reason,
                 "usage": usage,
             }
+            if transport:  # errors retried before this answer (timeouts may have been billed)
+                attempt["transport_errors"] = dict(transport)
             attempts.append(attempt)
             try:
                 if refusal and not content:
@@ -297,10 +330,28 @@ class EnhanceRunner:
             )
         if last is None:
             return None
-        detail = last.detail
-        if self.options.offline and len(attempts) <= config.queue.max_resamples:
-            detail += " (offline: re-run `llm enhance` online to re-sample)"
-        return self._record(target, "failed", attempts, reason=last.reason, detail=detail)
+        budget = config.queue.sample_budget
+        if len(attempts) >= budget:
+            note = f"all {budget} samples of queue.sample_budget were invalid"
+        elif self.options.offline:
+            note = "offline: re-run `llm enhance` online to re-sample"
+        else:
+            note = f"{len(attempts)} of {budget} samples used; a re-run asks for new ones"
+        return self._record(
+            target, "failed", attempts, reason=last.reason, detail=f"{last.detail} ({note})"
+        )
+
+    def _batch_failure(self, target: EnhanceTarget, key: str) -> dict:
+        reason = self.batch_failures[key]
+        attempt = {"key": key, "sample": 0, "origin": "batch", "error": reason}
+        previous = (self.previous or {}).get(target.uid)
+        if previous and previous["status"] == "failed" and previous["attempts"] == [attempt]:
+            return previous  # recorded by an earlier collect: not appended again
+        detail = (
+            "the Batch API returned no answer for this request (see batch/errors.jsonl); "
+            "`llm batch prepare` or `llm enhance` requests it again"
+        )
+        return self._record(target, "failed", [attempt], reason=reason, detail=detail)
 
     def _lost_to_transport(self, failure: TransportFailure) -> None:
         self._transport_losses += 1
@@ -333,7 +384,8 @@ class EnhanceRunner:
         if record is None:
             self.summary.not_collected += 1
         else:
-            self.ledger.append(record)
+            if record is not (self.previous or {}).get(target.uid):
+                self.ledger.append(record)
             if record["status"] == "ok":
                 self.summary.ok += 1
                 job.answers.append((target, record))
@@ -379,6 +431,8 @@ class EnhanceRunner:
         if own_client:
             self.client = make_async_client(self.config.backend)
         self.previous = self.ledger.latest()
+        if not self.options.offline:
+            self.batch_pending = pending_keys(load_batch_state(self.work_dir))
         for annotation_file in files:  # a killed run may have left half-written temp files
             remove_stale_temp_files(annotation_file.output)
         self.summary.files = len(files)

@@ -16,7 +16,11 @@ Training (``transformers`` Trainer + ``peft`` + ``bitsandbytes``):
   ``manifest.json`` with every setting, the data hashes, library versions and the losses.
 
 ``llm merge`` folds the adapter into the unquantized base weights (bf16) and saves a standard
-checkpoint folder that vLLM serves directly (``vllm serve <folder>``).
+checkpoint folder in the hub layout (:mod:`llm.gemma3_checkpoint`) that vLLM serves directly
+(``vllm serve <folder>``) and transformers 4.x and 5.x load.
+
+``base_model: tiny`` (``llm/configs/tiny.yaml``) trains on a random-init tiny Gemma 3 written by
+:mod:`llm.tiny` into ``<out>/tiny-base``: a CPU smoke run of the whole path, no download.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from datagen.storage import atomic_write_text
+from aerialformats.atomic import atomic_write_text
 from llm.config import ConfigSection, ValidationConfig, load_yaml, parse_config
 from llm.schema import InvalidAnswer, validate_answer
 from llm.targets import OriginalExpression
@@ -82,7 +86,12 @@ class EvalSettings(ConfigSection):
     max_new_tokens: int = Field(1024, ge=1)
 
 
+# ``base_model`` value that stands for the tiny random-init Gemma 3 of :mod:`llm.tiny`.
+TINY_BASE_MODEL = "tiny"
+
+
 class FinetuneConfig(ConfigSection):
+    # A hub id, a local checkpoint folder, or "tiny" (CPU smoke runs).
     base_model: str
     attn_implementation: str = "eager"
     quantization: QuantizationSettings = QuantizationSettings()
@@ -319,6 +328,18 @@ def _fit(data: SftData, collator: CompletionOnlyCollator, max_length: int) -> tu
     return _Subset(data, kept), len(data) - len(kept)
 
 
+def resolve_base_model(base_model: str, out_dir: Path) -> str:
+    """``base_model``, or for ``tiny`` a tiny Gemma 3 folder written once under ``out_dir``."""
+    if base_model != TINY_BASE_MODEL:
+        return base_model
+    from llm.tiny import write_tiny_gemma3
+
+    folder = out_dir / "tiny-base"
+    if not (folder / "config.json").is_file():
+        write_tiny_gemma3(folder)
+    return str(folder)
+
+
 def run_finetune(
     config: FinetuneConfig, data_dir: str | os.PathLike, out_dir: str | os.PathLike
 ) -> dict[str, Any]:
@@ -334,15 +355,16 @@ def run_finetune(
     data_manifest = json.loads(data_manifest_path.read_text(encoding="utf-8"))
     validation = ValidationConfig.model_validate(data_manifest["validation"])
     train = config.train
+    base_model = resolve_base_model(config.base_model, out_dir)
 
-    processor = AutoProcessor.from_pretrained(config.base_model)
+    processor = AutoProcessor.from_pretrained(base_model)
     collator = CompletionOnlyCollator(processor, train.max_length)
     train_rows, dropped_train = _fit(SftData.load(data_dir, "train"), collator, train.max_length)
     eval_rows, dropped_eval = _fit(SftData.load(data_dir, "eval"), collator, train.max_length)
     if not len(train_rows):
         raise ValueError(f"{data_dir}: no training example fits in max_length={train.max_length}")
 
-    model = load_model(config.base_model, config.quantization, config.attn_implementation)
+    model = load_model(base_model, config.quantization, config.attn_implementation)
     if config.quantization.load_in_4bit:
         model = prepare_model_for_kbit_training(
             model,
@@ -442,6 +464,7 @@ def run_finetune(
         "eval_loss": eval_loss,
         "samples_valid": sum(s["valid"] for s in samples),
         "samples": len(samples),
+        "base_model": base_model,
         "git_sha": _git_sha(),
         "versions": _versions(),
         "adapter": str(adapter_dir),
@@ -456,9 +479,12 @@ def merge_adapter(
     base_model: str | None = None,
     dtype: str = "bfloat16",
 ) -> Path:
-    """Merge a LoRA adapter into its unquantized base and save a plain checkpoint for vLLM."""
+    """Merge a LoRA adapter into its unquantized base and save a hub-layout checkpoint (for vLLM
+    and transformers 4.x/5.x; see :mod:`llm.gemma3_checkpoint`)."""
     from peft import PeftConfig, PeftModel
     from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from llm.gemma3_checkpoint import save_hub_checkpoint
 
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
@@ -466,7 +492,7 @@ def merge_adapter(
     base = base_model or PeftConfig.from_pretrained(adapter_dir).base_model_name_or_path
     model = AutoModelForImageTextToText.from_pretrained(base, dtype=_dtype(dtype))
     merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
-    merged.save_pretrained(out_dir, max_shard_size="2GB")
+    save_hub_checkpoint(merged, out_dir, base, dtype)
     processor_source = adapter_dir if (adapter_dir / "processor_config.json").is_file() else base
     AutoProcessor.from_pretrained(processor_source).save_pretrained(out_dir)
     manifest = {"base_model": base, "adapter": str(adapter_dir), "dtype": dtype}

@@ -25,7 +25,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from datagen.storage import atomic_write_bytes, atomic_write_text
+from aerialformats.atomic import atomic_write_bytes, atomic_write_text
 from llm.config import EnhanceConfig
 from llm.ledger import Ledger
 from llm.prompt import build_prompt, hf_messages, prompt_version

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from aerialseg.datasets.aerial_d_format import (
+from aerialformats.aerial_d import (
     AerialGroup,
     AerialObject,
     PatchAnnotation,

@@ -135,6 +135,7 @@ def write_tiny_gemma3(path: str | os.PathLike, seed: int = 0, vocab_size: int = 
             "num_attention_heads": 2,
             "image_size": 32,
             "patch_size": 8,
+            "vision_use_head": False,  # as in every Gemma 3 (the LM reads the patch tokens)
         },
         mm_tokens_per_image=image_tokens,
         boi_token_index=vocab["<start_of_image>"],

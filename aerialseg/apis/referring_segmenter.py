@@ -6,25 +6,36 @@
 
 The image is resized exactly as the config's test pipeline resizes it (its ``Resize`` step),
 encoded once by SAM and SigLIP, and the expressions are decoded against those features in batches.
+
+Loading is portable and strict: the pretrained files named in the (saved) config are found again
+from any working directory (:mod:`aerialseg.engine.pretrained`: ``pretrained_root``,
+``AERIALSEG_CHECKPOINTS``, the checkpoint's folder) and checked against the sha256 recorded at
+training; the checkpoint's tensors must match the model's exactly, apart from the frozen pretrained
+ones (:mod:`aerialseg.apis.trained_weights`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from mmengine.config import Config
+from mmengine.logging import print_log
 from mmengine.registry import init_default_scope
-from mmengine.runner import load_checkpoint
 from mmseg.registry import MODELS, TRANSFORMS
 from mmseg.structures import SegDataSample
 
-from aerialseg.engine import safe_torch_load
-from aerialseg.models.checkpoint_keys import CheckpointMismatchError
+from aerialseg.apis.trained_weights import load_trained_weights, read_checkpoint
+from aerialseg.engine.pretrained import (
+    apply_resolved,
+    recorded_pretrained_files,
+    resolve_pretrained_files,
+)
 
 _RESIZE_TYPES = ("ReferringResize", "Resize")
 
@@ -35,7 +46,8 @@ class ReferringPrediction:
 
     Attributes:
         masks: N x H x W bool.
-        scores: N float in [0, 1], SAM's predicted IoU of each mask.
+        scores: N float in [0, 1], the model's predicted IoU of each mask (SAM's IoU head): the
+            one meaning of "score" in AerialSeg's outputs.
         logits: N x H x W float32 mask logits (sigmoid > 0.5 gives ``masks`` by default).
     """
 
@@ -44,12 +56,31 @@ class ReferringPrediction:
     logits: np.ndarray
 
 
-def _config_from_checkpoint(checkpoint: str) -> Config:
-    state = safe_torch_load(checkpoint, map_location="cpu")
-    text = state.get("meta", {}).get("cfg") if isinstance(state, dict) else None
-    if not text:
+def config_from_meta(meta: dict, checkpoint: str) -> Config:
+    text = meta.get("cfg")
+    if not isinstance(text, str) or not text:
         raise ValueError(f"checkpoint '{checkpoint}' stores no config; pass the config file too")
     return Config.fromstring(text, ".py")
+
+
+def resolve_model_config(
+    cfg: Config,
+    checkpoint: str | None = None,
+    meta: dict | None = None,
+    pretrained_root: str | Iterable[str] | None = None,
+    overridden: Iterable[str] = (),
+) -> Config:
+    """Point ``cfg.model``'s pretrained entries at the files found for them (in place).
+
+    Keys in ``overridden`` (``model.x.y`` as given to ``--cfg-options``) were chosen by the user and
+    are not checked against the sha256 recorded in the checkpoint.
+    """
+    recorded = recorded_pretrained_files(meta)
+    for key in overridden:
+        recorded.pop(key.removeprefix("model."), None)
+    files = resolve_pretrained_files(cfg.model, pretrained_root, checkpoint, recorded)
+    cfg.model = apply_resolved(cfg.model.to_dict(), files)
+    return cfg
 
 
 def _test_resize(cfg: Config, size: int) -> dict:
@@ -78,6 +109,15 @@ class ReferringSegmenter:
         text_batch_size: expressions decoded per forward pass.
         amp: bf16 autocast on CUDA.
         cfg_options: overrides merged into the config (as ``--cfg-options``).
+        pretrained_root: folder(s) searched first for the pretrained files
+            (``--pretrained-root``; then ``AERIALSEG_CHECKPOINTS`` and the checkpoint's folder).
+        allow_partial: load only the checkpoint tensors that match instead of refusing a
+            checkpoint with missing or unexpected keys.
+
+    Raises:
+        PretrainedFilesError: pretrained files missing (all of them named).
+        CheckpointMismatchError: the checkpoint's keys do not match the model.
+        CheckpointError: the checkpoint is not a torch checkpoint.
     """
 
     def __init__(
@@ -88,11 +128,15 @@ class ReferringSegmenter:
         text_batch_size: int = 16,
         amp: bool = False,
         cfg_options: dict | None = None,
+        pretrained_root: str | Iterable[str] | None = None,
+        allow_partial: bool = False,
     ):
+        if config is None and checkpoint is None:
+            raise ValueError("give a config, a checkpoint, or both")
+        checkpoint = os.fspath(checkpoint) if checkpoint is not None else None
+        state = read_checkpoint(checkpoint) if checkpoint is not None else ({}, {})
         if config is None:
-            if checkpoint is None:
-                raise ValueError("give a config, a checkpoint, or both")
-            cfg = _config_from_checkpoint(os.fspath(checkpoint))
+            cfg = config_from_meta(state[1], checkpoint)
         elif isinstance(config, Config):
             cfg = config.copy()
         else:
@@ -102,17 +146,12 @@ class ReferringSegmenter:
         if cfg_options:
             cfg.merge_from_dict(cfg_options)
         init_default_scope(cfg.get("default_scope", "mmseg"))
+        resolve_model_config(cfg, checkpoint, state[1], pretrained_root, cfg_options or ())
         self.cfg = cfg
         self.model = MODELS.build(cfg.model)
         if checkpoint is not None:
-            try:
-                load_checkpoint(self.model, os.fspath(checkpoint), map_location="cpu", strict=True)
-            except RuntimeError as error:
-                if "do not match" not in str(error):
-                    raise
-                raise CheckpointMismatchError(
-                    f"checkpoint '{checkpoint}' does not match the model of this config: {error}"
-                ) from None
+            load_trained_weights(self.model, checkpoint, allow_partial, state=state)
+        self.checkpoint = checkpoint
         self.device = torch.device(device)
         self.model.to(self.device).eval()
         self.preprocessor = self.model.data_preprocessor
@@ -130,6 +169,26 @@ class ReferringSegmenter:
         if min(image.shape[:2]) == 0:
             raise ValueError(f"image is empty: shape {image.shape}")
 
+    @property
+    def text_length(self) -> int:
+        """Tokens the text tower reads (SigLIP: 64); longer expressions are truncated."""
+        return int(self.preprocessor.text_length)
+
+    def token_counts(self, expressions: Sequence[str]) -> list[int]:
+        """Tokens of each expression as the model's tokenizer splits it, before truncation."""
+        pre = self.preprocessor
+        texts = [t.strip().lower() if pre.lowercase else t.strip() for t in expressions]
+        return [len(ids) for ids in pre.tokenizer(texts, truncation=False)["input_ids"]]
+
+    def truncation_warnings(self, expressions: Sequence[str]) -> list[str]:
+        """One message per expression longer than :attr:`text_length` tokens."""
+        return [
+            f"expression {index + 1} has {count} tokens; the text tower reads only the first "
+            f"{self.text_length}, the rest is ignored"
+            for index, count in enumerate(self.token_counts(expressions))
+            if count > self.text_length
+        ]
+
     @torch.no_grad()
     def predict(self, image: np.ndarray, expressions: Sequence[str]) -> ReferringPrediction:
         """Masks of ``expressions`` in ``image`` (H x W x 3 uint8 RGB), at the image's size.
@@ -146,6 +205,8 @@ class ReferringSegmenter:
         for index, text in enumerate(expressions):
             if not isinstance(text, str) or not text.strip():
                 raise ValueError(f"expression {index} is empty: {text!r}")
+        for message in self.truncation_warnings(expressions):
+            print_log(message, logger="current", level=logging.WARNING)
         height, width = image.shape[:2]
         resized = self.resize(dict(img=np.ascontiguousarray(image[:, :, ::-1]), img_shape=None))
         bgr = resized["img"]

@@ -24,6 +24,7 @@ from aerialseg.datasets.base import (
 )
 from aerialseg.datasets.nwpu_refer import NWPUReferDataset
 from aerialseg.datasets.refsegrs import RefSegRSDataset
+from aerialseg.datasets.risbench import RISBenchDataset
 from aerialseg.datasets.rrsisd import RRSISDDataset
 from aerialseg.datasets.urban1960 import Urban1960Dataset
 from aerialseg.datasets.weighted_sampler import WeightedDatasetSampler
@@ -41,6 +42,7 @@ __all__ = [
     "Expression",
     "NWPUReferDataset",
     "PatchAnnotation",
+    "RISBenchDataset",
     "RLEMask",
     "RRSISDDataset",
     "RefSegRSDataset",

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from mmseg.registry import DATASETS
 from tqdm import tqdm
 
+from aerialformats.atomic import atomic_write_bytes
 from aerialseg.datasets.aerial_d_format import (
     AerialDFormatError,
     PatchAnnotation,
@@ -18,7 +19,6 @@ from aerialseg.datasets.aerial_d_format import (
     read_patch_xml,
 )
 from aerialseg.datasets.base import BaseReferringDataset, DatasetFormatError, require_path
-from datagen.storage import atomic_write_bytes
 
 __all__ = ["AerialDDataset", "samples_from_patch"]
 
@@ -121,6 +121,16 @@ class AerialDDataset(BaseReferringDataset):
         if self.domains is not None:
             samples = [s for s in samples if s["subset"] in self.domains]
         return samples
+
+    def annotation_sources(self) -> list[str]:
+        """The split's XML files (``xml``) or its parquet files (``parquet``)."""
+        if self.ann_format == "parquet":
+            return self._parquet_files()
+        ann_dir = self.join(self.split, "annotations")
+        return sorted(e.path for e in os.scandir(ann_dir) if e.name.endswith(".xml"))
+
+    def filters(self) -> dict:
+        return {**super().filters(), "domains": self.domains}
 
     # -- XML ---------------------------------------------------------------------------------------
 

@@ -14,12 +14,15 @@ Every sample is one (image, expression, target mask) triplet. Its data_info hold
 from __future__ import annotations
 
 import json
+import logging
 import os.path as osp
 from collections.abc import Sequence
 
 from mmengine.dataset import BaseDataset
 from mmengine.logging import print_log
 from mmseg.registry import DATASETS
+
+from aerialseg.datasets.checksums import files_digest, samples_digest
 
 __all__ = [
     "DATASET_NAMES",
@@ -34,7 +37,7 @@ __all__ = [
 
 EXPR_TYPES = ("original", "enhanced", "unique", "template")
 TARGET_TYPES = ("instance", "group", "semantic")
-DATASET_NAMES = ("aerial_d", "rrsisd", "refsegrs", "nwpu_refer", "urban1960")
+DATASET_NAMES = ("aerial_d", "rrsisd", "refsegrs", "nwpu_refer", "urban1960", "risbench")
 SAMPLE_ID_KEYS = ("img_id", "target_id", "expr_id")
 SAMPLE_KEYS = (
     "img_path",
@@ -79,6 +82,13 @@ def validate_sample(info: dict, where: str = "") -> None:
         raise DatasetFormatError(f"{prefix}sample has no mask spec (one of {MASK_SPEC_KEYS})")
 
 
+def _sample_label(sample: dict) -> str:
+    """How the log names a sample: its ref id when the loader keeps one, else its ids."""
+    if sample.get("ref_id") is not None:
+        return f"ref {sample['ref_id']}"
+    return "/".join(str(sample.get(key, "?")) for key in SAMPLE_ID_KEYS)
+
+
 def _check_choices(name: str, values: Sequence[str] | None, allowed: Sequence[str]) -> tuple | None:
     if values is None:
         return None
@@ -110,6 +120,8 @@ class BaseReferringDataset(BaseDataset):
 
     METAINFO = dict(classes=("background", "target"), palette=[[0, 0, 0], [255, 64, 64]])
     DATASET_NAME = ""
+    # The sentence field read from the annotation files, for loaders that have a choice.
+    text_field: str | None = None
 
     def __init__(
         self,
@@ -152,9 +164,35 @@ class BaseReferringDataset(BaseDataset):
             sample.setdefault("dataset_name", self.DATASET_NAME)
         return samples
 
+    def note_empty_expression(self, label: str) -> None:
+        """Record a sentence the loader skipped because it is empty (``label`` names it, e.g.
+        ``'ref 17'``); :meth:`load_data_list` logs them all, named, in one warning."""
+        self.empty_expressions.append(label)
+
     def load_data_list(self) -> list[dict]:
+        self.empty_expressions: list[str] = []
         samples = self.load_samples()
         where = f"{self.__class__.__name__}(split={self.split!r})"
+        # Every loader treats an empty expression the same way: the sample is skipped, counted
+        # and named in the log. Loaders that drop sentences before they become samples (REFER
+        # refs) call note_empty_expression() instead.
+        with_text = []
+        for sample in samples:
+            text = sample.get("text")
+            if isinstance(text, str) and not text.strip():
+                self.note_empty_expression(_sample_label(sample))
+            else:
+                with_text.append(sample)
+        samples = with_text
+        if self.empty_expressions:
+            shown = ", ".join(self.empty_expressions[:20])
+            more = len(self.empty_expressions) - 20
+            print_log(
+                f"{where}: skipped {len(self.empty_expressions)} empty expressions: {shown}"
+                + (f" and {more} more" if more > 0 else ""),
+                logger="current",
+                level=logging.WARNING,
+            )
         for sample in samples:
             sample.setdefault("subset", "")
             validate_sample(sample, where)
@@ -180,6 +218,48 @@ class BaseReferringDataset(BaseDataset):
                 logger="current",
             )
         return kept
+
+    # -- provenance ------------------------------------------------------------------------------
+
+    def annotation_sources(self) -> list[str]:
+        """The index/annotation files this split's samples are read from (mask files named by
+        samples are added by :meth:`describe`). Loaders of other layouts override it."""
+        return [self.ann_file] if self.ann_file else []
+
+    def describe(self) -> dict:
+        """What this split holds and checksums that identify it (for benchmark provenance and
+        ``tools/check_dataset.py``).
+
+        ``annotation_sha256`` covers :meth:`annotation_sources` and every ``seg_map_path`` mask
+        file (:func:`~aerialseg.datasets.checksums.files_digest`); ``samples_sha256`` covers the
+        samples' ids and texts in order (:func:`~aerialseg.datasets.checksums.samples_digest`).
+        """
+        infos = [self.get_data_info(index) for index in range(len(self))]
+        masks = {info["seg_map_path"] for info in infos if info.get("seg_map_path")}
+        files = [*self.annotation_sources(), *sorted(masks)]
+        return dict(
+            dataset=self.DATASET_NAME or type(self).__name__,
+            type=type(self).__name__,
+            split=self.split,
+            data_root=self.data_root,
+            samples=len(infos),
+            text_field=self.text_field,
+            filters={
+                key: list(value) for key, value in self.filters().items() if value is not None
+            },
+            empty_expressions_skipped=len(getattr(self, "empty_expressions", [])),
+            annotation_files=len(set(files)),
+            annotation_sha256=files_digest(files, self.data_root),
+            samples_sha256=samples_digest(infos),
+        )
+
+    def filters(self) -> dict:
+        """The sample filters in effect (``None``: not filtered)."""
+        return dict(
+            expr_types=self.expr_types,
+            target_types=self.target_types,
+            indices=[self._indices] if isinstance(self._indices, int) else self._indices,
+        )
 
     def join(self, *parts: str) -> str:
         """A path under ``data_root``."""

@@ -11,7 +11,7 @@ import numpy as np
 from mmcv.transforms import Compose
 from PIL import Image, ImageDraw, ImageFont
 
-from datagen.storage import atomic_open
+from aerialformats.atomic import atomic_open
 
 __all__ = ["BROWSE_PIPELINE", "browse_main", "render_sample", "render_samples"]
 

@@ -6,11 +6,13 @@ A data_info names its target mask in one of three ways:
 - ``mask_polygons``: a list of flat ``[x0, y0, x1, y1, ...]`` polygons with ``mask_size`` ``[h, w]``
   (an empty list is an empty mask, e.g. an NWPU-Refer no-target expression);
 - ``seg_map_path``: an image file, either a class-id map (``seg_class_id`` selects the class) or a
-  binary 0/255 mask (foreground where the value is above ``mask_threshold``, default 127).
+  binary 0/255 mask (foreground where the value is above ``mask_threshold``, default 127; a 0/1
+  mask is detected and read with foreground 1, with a warning).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,6 +21,7 @@ from pycocotools import mask as mask_utils
 from aerialseg.datasets.aerial_d_format import RLEMask, parse_rle_text, rle_run_lengths
 
 __all__ = [
+    "BinaryMaskEncodingWarning",
     "coco_segmentation_to_spec",
     "decode_mask_spec",
     "decode_polygons",
@@ -93,6 +96,10 @@ def mask_from_label_image(
             (class-id PNGs saved as RGB repeat the id in every channel).
         class_id: the class whose pixels form the target; ``None`` for a binary mask, where
             foreground is ``value > threshold``.
+        threshold: see ``class_id``. A binary mask stored as 0/1 instead of 0/255 (its maximum is
+            1, below the threshold) would come out empty: it is detected, read with foreground
+            = 1, and a warning says so. Any other mask whose non-zero values all lie at or below
+            the threshold is an error rather than an empty target.
     """
     if label.ndim == 3:
         label = label[:, :, 0]
@@ -106,7 +113,24 @@ def mask_from_label_image(
         raise ValueError(
             f"binary masks must be 8-bit (0/255), got dtype {label.dtype}; convert the mask"
         )
+    peak = int(label.max()) if label.size else 0
+    if 0 < peak <= threshold:
+        if peak == 1:
+            warnings.warn(
+                "binary mask stored as 0/1 instead of 0/255: read with foreground = 1",
+                BinaryMaskEncodingWarning,
+                stacklevel=2,
+            )
+            return (label == 1).astype(np.uint8)
+        raise ValueError(
+            f"binary mask has values up to {peak}, none above the foreground threshold "
+            f"{threshold}: it would be empty; expected 0/255 (or 0/1), or set mask_threshold"
+        )
     return (label > threshold).astype(np.uint8)
+
+
+class BinaryMaskEncodingWarning(UserWarning):
+    """A binary mask was stored as 0/1 instead of 0/255 (read correctly, with foreground = 1)."""
 
 
 def coco_segmentation_to_spec(segmentation, height: int, width: int) -> dict:

@@ -10,7 +10,12 @@ from mmengine.logging import print_log
 from mmseg.registry import DATASETS
 
 from aerialseg.datasets.base import BaseReferringDataset, DatasetFormatError, require_path
-from aerialseg.datasets.refer_io import load_refer, sentence_text
+from aerialseg.datasets.refer_io import (
+    TEXT_FIELDS,
+    load_refer,
+    report_foreign_splits,
+    sentence_text,
+)
 
 __all__ = ["NWPUReferDataset", "sentence_language"]
 
@@ -18,13 +23,13 @@ _CJK = re.compile(r"[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-
 LANGUAGES = ("en", "zh")
 
 
-def sentence_language(sentence) -> str:
+def sentence_language(sentence, text_field: str = "raw") -> str:
     """``sentence['lang']`` when the file states it, else ``'zh'`` for CJK script, else ``'en'``."""
     if isinstance(sentence, dict):
         stated = sentence.get("lang") or sentence.get("language")
         if stated:
             return str(stated).lower()
-    return "zh" if _CJK.search(sentence_text(sentence)) else "en"
+    return "zh" if _CJK.search(sentence_text(sentence, text_field)) else "en"
 
 
 def _ann_ids(ref: dict) -> list:
@@ -51,7 +56,13 @@ class NWPUReferDataset(BaseReferringDataset):
     polygons are merged into one mask (``target_type='group'``, subset ``multi``). A ref without
     a target (``ann_id`` -1, None or []) is kept with an empty mask (subset ``no_target``); the
     metric scores an empty prediction on it as IoU 1. Sentences are chosen by ``languages``: the
-    ``lang`` field when present, else the script of the text.
+    ``lang`` field when present, else the script of the text. Empty sentences are skipped, counted
+    and named by ref id in the log; refs whose split is not train/val/test are reported.
+
+    Args:
+        text_field: the sentence field read: ``'raw'`` (default, as LAVT/RMSIN read REFER files)
+            or ``'sent'`` (the REFER toolkit's lower-cased, re-tokenised copy).
+        languages: the sentence languages kept.
     """
 
     DATASET_NAME = "nwpu_refer"
@@ -65,10 +76,14 @@ class NWPUReferDataset(BaseReferringDataset):
         refs_file: str = "new_refs(unc).p",
         instances_file: str = "new_instances.json",
         img_dir: str = "image",
+        text_field: str = "raw",
         **kwargs,
     ) -> None:
         if split not in self.SPLITS:
             raise ValueError(f"NWPU-Refer has splits {self.SPLITS}, got {split!r}")
+        if text_field not in TEXT_FIELDS:
+            raise ValueError(f"text_field must be one of {TEXT_FIELDS}, got {text_field!r}")
+        self.text_field = text_field
         self.languages = tuple(languages)
         self.refs_file = refs_file
         self.instances_file = instances_file
@@ -79,6 +94,7 @@ class NWPUReferDataset(BaseReferringDataset):
         refer = load_refer(self.join(self.refs_file), self.join(self.instances_file), "NWPU-Refer")
         img_dir = require_path(self.join(self.img_dir), "NWPU-Refer image", directory=True)
 
+        report_foreign_splits(refer.refs, self.SPLITS, refer.refs_path)
         # (image_id, text) -> ordered unique ann ids, in first-seen order.
         expressions: dict[tuple, list] = {}
         skipped = 0
@@ -89,11 +105,18 @@ class NWPUReferDataset(BaseReferringDataset):
             ann_ids = _ann_ids(ref)
             for ann_id in ann_ids:
                 refer.annotation(ref, ann_id)
-            texts = [
-                sentence_text(s)
-                for s in ref["sentences"]
-                if sentence_language(s) in self.languages and sentence_text(s)
-            ]
+            ref_id = ref.get("ref_id", "?")
+            texts = []
+            for index, sentence in enumerate(ref["sentences"]):
+                try:
+                    text = sentence_text(sentence, self.text_field)
+                    language = sentence_language(sentence, self.text_field)
+                except DatasetFormatError as exc:
+                    raise DatasetFormatError(f"{refer.refs_path}: ref {ref_id}: {exc}") from None
+                if not text:
+                    self.note_empty_expression(f"ref {ref_id} sentence {index}")
+                elif language in self.languages:
+                    texts.append(text)
             if not texts:
                 skipped += 1
                 continue
@@ -143,3 +166,9 @@ class NWPUReferDataset(BaseReferringDataset):
                 )
             )
         return samples
+
+    def annotation_sources(self) -> list[str]:
+        return [self.join(self.refs_file), self.join(self.instances_file)]
+
+    def filters(self) -> dict:
+        return {**super().filters(), "languages": self.languages}

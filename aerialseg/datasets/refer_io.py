@@ -9,12 +9,23 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import pickle
 from dataclasses import dataclass
 
+from mmengine.logging import print_log
+
 from aerialseg.datasets.base import DatasetFormatError, require_path
 
-__all__ = ["ReferAnnotations", "load_coco_json", "load_refer", "load_refs_pickle", "sentence_text"]
+__all__ = [
+    "TEXT_FIELDS",
+    "ReferAnnotations",
+    "load_coco_json",
+    "load_refer",
+    "load_refs_pickle",
+    "report_foreign_splits",
+    "sentence_text",
+]
 
 
 class _LiteralUnpickler(pickle.Unpickler):
@@ -32,6 +43,8 @@ def load_refs_pickle(path: str) -> list[dict]:
     require_path(path, "refs pickle")
     with open(path, "rb") as stream:
         data = stream.read()
+    if not data:
+        raise DatasetFormatError(f"{path}: the refs pickle is empty (0 bytes)")
     try:
         try:
             refs = _LiteralUnpickler(io.BytesIO(data)).load()
@@ -42,6 +55,8 @@ def load_refs_pickle(path: str) -> list[dict]:
         raise DatasetFormatError(f"{path}: not a readable refs pickle ({exc})") from None
     if not isinstance(refs, list) or not all(isinstance(ref, dict) for ref in refs):
         raise DatasetFormatError(f"{path}: expected a list of ref dicts")
+    if not refs:
+        raise DatasetFormatError(f"{path}: the refs pickle is empty (an empty list, no refs)")
     for index, ref in enumerate(refs):
         missing = [key for key in ("ann_id", "image_id", "split", "sentences") if key not in ref]
         if missing:
@@ -63,13 +78,54 @@ def load_coco_json(path: str, what: str) -> dict:
     return data
 
 
-def sentence_text(sentence) -> str:
-    """The text of a REFER sentence entry (``sent``, else ``raw``), stripped."""
+TEXT_FIELDS = ("raw", "sent")
+
+
+def sentence_text(sentence, field: str = "raw") -> str:
+    """The text of a REFER sentence entry, stripped.
+
+    REFER sentences hold ``raw`` (the annotator's string, as LAVT/RMSIN and mmdet's
+    ``RefCocoDataset`` read it) and ``sent`` (lower-cased and re-tokenised by the REFER toolkit).
+    A plain string is its own text.
+
+    Raises:
+        DatasetFormatError: the entry is a dict without ``field``.
+    """
+    if field not in TEXT_FIELDS:
+        raise ValueError(f"text_field must be one of {TEXT_FIELDS}, got {field!r}")
     if isinstance(sentence, str):
         return sentence.strip()
     if isinstance(sentence, dict):
-        return str(sentence.get("sent") or sentence.get("raw") or "").strip()
+        if field not in sentence:
+            present = sorted(k for k in TEXT_FIELDS if k in sentence)
+            raise DatasetFormatError(
+                f"sentence {sentence.get('sent_id', '?')} has no '{field}' field"
+                + (f" (it has {present}: set text_field='{present[0]}')" if present else "")
+            )
+        return str(sentence[field] or "").strip()
     return ""
+
+
+def report_foreign_splits(refs: list[dict], splits: tuple, refs_path: str) -> None:
+    """Log refs whose ``split`` is none of ``splits`` (they belong to no split the loader
+    serves, so they would vanish silently): per split value, the count and the first ref ids."""
+    foreign: dict[str, list] = {}
+    for index, ref in enumerate(refs):
+        if ref["split"] not in splits:
+            foreign.setdefault(str(ref["split"]), []).append(ref.get("ref_id", f"#{index}"))
+    if not foreign:
+        return
+    parts = [
+        f"{split!r}: {len(ids)} refs (ids {', '.join(map(str, ids[:10]))}"
+        + (", ..." if len(ids) > 10 else "")
+        + ")"
+        for split, ids in sorted(foreign.items())
+    ]
+    print_log(
+        f"{refs_path}: refs with a split other than {splits} are not loaded: " + "; ".join(parts),
+        logger="current",
+        level=logging.WARNING,
+    )
 
 
 @dataclass

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os.path as osp
 
+import mmcv
+from mmengine.logging import print_log
 from mmseg.registry import DATASETS
 
 from aerialseg.datasets.base import BaseReferringDataset, DatasetFormatError, require_path
@@ -23,7 +26,9 @@ class RefSegRSDataset(BaseReferringDataset):
 
     One sample per line (an image may appear on several lines, all sharing its mask); ``expr_id``
     is the 0-based line number within the split file. The mask is foreground where its first
-    channel exceeds ``mask_threshold``.
+    channel exceeds ``mask_threshold``. Masks stored as 0/1 instead of 0/255 are detected (a
+    warning when the split is loaded, judged on its first mask) and read with foreground 1. A
+    line with an image id but no expression is skipped, counted and named in the log.
     """
 
     DATASET_NAME = "refsegrs"
@@ -56,10 +61,6 @@ class RefSegRSDataset(BaseReferringDataset):
                 if not line:
                     continue
                 image_id, _, text = line.partition(" ")
-                if not text.strip():
-                    raise DatasetFormatError(
-                        f"{phrase_file}: line {line_number + 1} has an image id but no expression"
-                    )
                 samples.append(
                     dict(
                         img_path=osp.join(img_dir, image_id + self.img_suffix),
@@ -76,4 +77,25 @@ class RefSegRSDataset(BaseReferringDataset):
                         mask_threshold=self.mask_threshold,
                     )
                 )
+        if samples:
+            self._warn_if_zero_one_masks(samples[0]["seg_map_path"])
         return samples
+
+    def _warn_if_zero_one_masks(self, mask_path: str) -> None:
+        """Say once, at load time, that this copy stores 0/1 masks (each mask is still checked
+        when it is read: see :func:`~aerialseg.datasets.masks.mask_from_label_image`)."""
+        require_path(mask_path, "RefSegRS mask")
+        try:
+            label = mmcv.imread(mask_path, flag="unchanged", backend="pillow")
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise DatasetFormatError(f"{mask_path}: mask cannot be read ({exc})") from None
+        if label is not None and label.size and int(label.max()) == 1:
+            print_log(
+                f"RefSegRS {self.split}: masks are stored as 0/1, not 0/255 (e.g. {mask_path}); "
+                "reading foreground as value 1",
+                logger="current",
+                level=logging.WARNING,
+            )
+
+    def annotation_sources(self) -> list[str]:
+        return [self.join(f"output_phrase_{self.split}.txt")]

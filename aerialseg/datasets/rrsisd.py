@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os.path as osp
 
-from mmengine.logging import print_log
 from mmseg.registry import DATASETS
 
 from aerialseg.datasets.base import BaseReferringDataset, DatasetFormatError, require_path
 from aerialseg.datasets.masks import coco_segmentation_to_spec
-from aerialseg.datasets.refer_io import load_refer, sentence_text
+from aerialseg.datasets.refer_io import (
+    TEXT_FIELDS,
+    load_refer,
+    report_foreign_splits,
+    sentence_text,
+)
 
 __all__ = ["RRSISDDataset"]
 
@@ -29,7 +33,13 @@ class RRSISDDataset(BaseReferringDataset):
     One sample per (ref, sentence); the target is the ref's annotation mask. The annotation's
     category key is spelled ``categories_id`` in the release; both spellings are read. The per-image
     ``ann_split/*.xml`` files are not used (they pair sentences to masks only by box).
-    Sentences that are empty are skipped and counted in the log; no default text is ever used.
+    Sentences that are empty are skipped, counted and named by ref id in the log; no default text
+    is ever used. Refs whose split is not train/val/test are reported in the log.
+
+    Args:
+        text_field: the sentence field read: ``'raw'`` (default; the annotator's text, which
+            LAVT/RMSIN and mmdet's ``RefCocoDataset`` read) or ``'sent'`` (the REFER toolkit's
+            lower-cased, re-tokenised copy, which RSRefSeg's JSONL converter keeps).
     """
 
     DATASET_NAME = "rrsisd"
@@ -42,10 +52,14 @@ class RRSISDDataset(BaseReferringDataset):
         refs_file: str = "refs(unc).p",
         instances_file: str = "instances.json",
         img_dir: str = "images/rrsisd/JPEGImages",
+        text_field: str = "raw",
         **kwargs,
     ) -> None:
         if split not in self.SPLITS:
             raise ValueError(f"RRSIS-D has splits {self.SPLITS}, got {split!r}")
+        if text_field not in TEXT_FIELDS:
+            raise ValueError(f"text_field must be one of {TEXT_FIELDS}, got {text_field!r}")
+        self.text_field = text_field
         self.refs_file = refs_file
         self.instances_file = instances_file
         self.img_dir = img_dir
@@ -54,7 +68,8 @@ class RRSISDDataset(BaseReferringDataset):
     def load_samples(self) -> list[dict]:
         refer = load_refer(self.join(self.refs_file), self.join(self.instances_file), "RRSIS-D")
         img_dir = require_path(self.join(self.img_dir), "RRSIS-D image", directory=True)
-        samples, empty_sentences = [], 0
+        report_foreign_splits(refer.refs, self.SPLITS, refer.refs_path)
+        samples = []
         for ref in refer.refs:
             if ref["split"] != self.split:
                 continue
@@ -75,11 +90,15 @@ class RRSISDDataset(BaseReferringDataset):
                 ) from None
             category_id = ref.get("category_id", ann.get("category_id", ann.get("categories_id")))
             for index, sentence in enumerate(ref["sentences"]):
-                text = sentence_text(sentence)
-                if not text:
-                    empty_sentences += 1
-                    continue
                 sent_id = sentence.get("sent_id") if isinstance(sentence, dict) else None
+                try:
+                    text = sentence_text(sentence, self.text_field)
+                except DatasetFormatError as exc:
+                    raise DatasetFormatError(f"{refer.refs_path}: ref {ref_id}: {exc}") from None
+                if not text:
+                    where = sent_id if sent_id is not None else index
+                    self.note_empty_expression(f"ref {ref_id} sentence {where}")
+                    continue
                 samples.append(
                     dict(
                         img_path=osp.join(img_dir, image["file_name"]),
@@ -95,8 +114,7 @@ class RRSISDDataset(BaseReferringDataset):
                         **mask_spec,
                     )
                 )
-        if empty_sentences:
-            print_log(
-                f"RRSIS-D {self.split}: skipped {empty_sentences} empty sentences", logger="current"
-            )
         return samples
+
+    def annotation_sources(self) -> list[str]:
+        return [self.join(self.refs_file), self.join(self.instances_file)]

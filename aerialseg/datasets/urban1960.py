@@ -98,8 +98,11 @@ class Urban1960Dataset(BaseReferringDataset):
                 stem = name[:-4] if name.lower().endswith(".png") else name
                 img_path = osp.join(root, "image", stem + ".png")
                 mask_path = require_path(osp.join(root, mask_folder, stem + ".png"), "mask")
-                label = mmcv.imread(mask_path, flag="unchanged", backend="pillow")
-                if label is None:
+                try:
+                    label = mmcv.imread(mask_path, flag="unchanged", backend="pillow")
+                except (OSError, SyntaxError, ValueError) as exc:  # truncated or not an image
+                    raise DatasetFormatError(f"{mask_path}: mask cannot be read ({exc})") from None
+                if label is None or label.size == 0:
                     raise DatasetFormatError(f"{mask_path}: mask image cannot be read")
                 if label.ndim == 3:
                     label = label[:, :, 0]
@@ -124,3 +127,11 @@ class Urban1960Dataset(BaseReferringDataset):
                         )
                     )
         return samples
+
+    def annotation_sources(self) -> list[str]:
+        return [
+            self.join(SUBSETS[subset][0], f"labelled_{self.split}.txt") for subset in self.subsets
+        ]
+
+    def filters(self) -> dict:
+        return {**super().filters(), "subsets": self.subsets, "min_pixels": [self.min_pixels]}

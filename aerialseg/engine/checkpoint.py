@@ -107,6 +107,29 @@ def _unsafe_globals(path: str, error: Exception) -> list[str]:
     return names or _GLOBAL_IN_MESSAGE.findall(str(error)) or ["<unknown global>"]
 
 
+def _not_a_checkpoint(path: str) -> str | None:
+    """Why ``path`` cannot be a torch checkpoint, from its first bytes; ``None`` if it may be.
+
+    ``torch.save`` writes a zip archive holding ``<name>/data.pkl`` (or, in the legacy format, a
+    pickle). Anything else (a PNG, a text file, a safetensors file) is reported as such, instead of
+    as a pickle that failed to load, or worse, as a refused global ("arbitrary code").
+    """
+    with open(path, "rb") as stream:
+        head = stream.read(16)
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return None  # a truncated torch zip: torch.load reports it as corrupt
+        if not any(name == "data.pkl" or name.endswith("/data.pkl") for name in names):
+            return "it is a zip archive without data.pkl"
+        return None
+    if head[:1] == b"\x80":  # a pickle protocol header, as in torch's legacy format
+        return None
+    return f"it starts with bytes {head[:8]!r}"
+
+
 def safe_torch_load(path: str | os.PathLike, map_location="cpu"):
     """Load a ``.pth``/``.pt`` file with ``weights_only=True`` and the project's allow-list.
 
@@ -127,18 +150,30 @@ def safe_torch_load(path: str | os.PathLike, map_location="cpu"):
         raise FileNotFoundError(f"checkpoint not found: '{path}'")
     if os.path.getsize(path) == 0:
         raise CheckpointError(f"checkpoint '{path}' is empty (0 bytes)")
+    reason = _not_a_checkpoint(path)
+    if reason is not None:
+        raise CheckpointError(
+            f"'{path}' is not a torch checkpoint ({reason}); expected a .pth/.pt file written "
+            "by torch.save, e.g. work_dirs/<config>/iter_*.pth"
+        )
     try:  # the allow-list is registered globally below, for mmengine's own torch.load calls too
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         if "Weights only load failed" in str(error):
-            raise UnsafeCheckpointError(path, _unsafe_globals(path, error)) from None
+            names = _unsafe_globals(path, error)
+            if names != ["<unknown global>"]:
+                raise UnsafeCheckpointError(path, names) from None
         raise CheckpointError(
-            f"checkpoint '{path}' is not a readable torch file: {error}"
+            f"checkpoint '{path}' is not a readable torch checkpoint: {_first_line(error)}"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as error:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError) as error:
         raise CheckpointError(
             f"checkpoint '{path}' is corrupt or truncated ({type(error).__name__}: {error})"
         ) from None
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _load_from_local(filename: str, map_location=None):

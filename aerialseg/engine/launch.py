@@ -7,15 +7,67 @@ MMSegmentation's (``--work-dir``, ``--resume``, ``--amp``, ``--cfg-options``, ``
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
 import os.path as osp
+from collections.abc import Mapping
 
 from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
 from mmengine.runner import Runner
 
+from aerialseg.engine.pretrained import (
+    PretrainedFilesError,
+    apply_resolved,
+    resolve_pretrained_files,
+)
+
 LAUNCHERS = ("none", "pytorch", "slurm", "mpi")
+# Top-level keys that mmengine's Runner (and this project's tools) read although a config may not
+# set them: --cfg-options may add these; any other key absent from the config is a typo.
+RUNNER_KEYS = frozenset(
+    [
+        "model",
+        "work_dir",
+        "train_dataloader",
+        "val_dataloader",
+        "test_dataloader",
+        "train_cfg",
+        "val_cfg",
+        "test_cfg",
+        "auto_scale_lr",
+        "optim_wrapper",
+        "param_scheduler",
+        "val_evaluator",
+        "test_evaluator",
+        "default_hooks",
+        "custom_hooks",
+        "data_preprocessor",
+        "load_from",
+        "resume",
+        "launcher",
+        "env_cfg",
+        "log_processor",
+        "log_level",
+        "visualizer",
+        "default_scope",
+        "randomness",
+        "experiment_name",
+        "compile",
+        "model_wrapper_cfg",
+        "runner_type",
+        "strategy",
+        "test_sets",
+        "historic_test",
+        "allow_val_test_overlap",  # read by aerialseg.datasets.split_check
+    ]
+)
+DATALOADERS = ("train_dataloader", "val_dataloader", "test_dataloader")
+
+
+class ConfigCheckError(ValueError):
+    """A config cannot run as given: unknown override keys, or missing files (all listed)."""
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -50,12 +102,80 @@ def load_config(
     cfg = Config.fromfile(config)
     cfg.launcher = launcher
     if cfg_options:
+        check_override_keys(cfg, cfg_options)
         cfg.merge_from_dict(cfg_options)
     if work_dir is not None:
         cfg.work_dir = work_dir
     elif cfg.get("work_dir") is None:
         cfg.work_dir = osp.join("work_dirs", osp.splitext(osp.basename(config))[0])
     return cfg
+
+
+def check_override_keys(cfg: Config, cfg_options: Mapping) -> None:
+    """Refuse ``--cfg-options`` whose top-level key is neither in the config nor read by the
+    runner (``trian_cfg.max_iters=10`` would otherwise be merged and silently ignored)."""
+    unknown = sorted({key.split(".")[0] for key in cfg_options} - set(cfg.keys()) - RUNNER_KEYS)
+    if not unknown:
+        return
+    known = sorted(set(cfg.keys()) | RUNNER_KEYS)
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, known, n=1)
+        hints.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    raise ConfigCheckError(
+        f"--cfg-options: unknown top-level config key{'s' if len(unknown) > 1 else ''} "
+        f"{', '.join(hints)}; the config has no such entry and the runner does not read it"
+    )
+
+
+def _dataset_roots(dataset: Mapping) -> list[str]:
+    """Every ``data_root`` (joined with its ``ann_file`` when given) of a dataset config, looking
+    inside wrapper datasets."""
+    if not isinstance(dataset, Mapping):
+        return []
+    paths = []
+    root = dataset.get("data_root")
+    if isinstance(root, str) and root:
+        ann_file = dataset.get("ann_file")
+        paths.append(osp.join(root, ann_file) if isinstance(ann_file, str) and ann_file else root)
+    for inner in dataset.get("datasets", None) or []:
+        paths += _dataset_roots(inner)
+    paths += _dataset_roots(dataset.get("dataset"))
+    return paths
+
+
+def check_run_files(cfg: Config, loaders: tuple[str, ...] = DATALOADERS) -> None:
+    """Resolve the model's pretrained files (``AERIALSEG_CHECKPOINTS`` too) into ``cfg`` and check
+    that every dataset folder exists, reporting **all** missing files in one error before the
+    runner prints anything.
+
+    Raises:
+        ConfigCheckError: one message naming every missing pretrained file and dataset folder.
+    """
+    problems = []
+    if isinstance(cfg.get("model"), Mapping):
+        try:
+            files = resolve_pretrained_files(cfg.model, verify=False)
+            cfg.model = apply_resolved(cfg.model.to_dict(), files)
+        except PretrainedFilesError as error:
+            problems.append(str(error))
+    missing_data = []
+    for loader in loaders:
+        dataloader = cfg.get(loader)
+        if not isinstance(dataloader, Mapping):
+            continue
+        for path in _dataset_roots(dataloader.get("dataset")):
+            if not osp.exists(path) and path not in missing_data:
+                missing_data.append(path)
+    if missing_data:
+        problems.append(
+            f"{len(missing_data)} dataset path(s) do not exist: "
+            + ", ".join(f"'{p}'" for p in missing_data)
+            + " (download the datasets into data/ as docs/datasets.md describes, or set "
+            "--cfg-options <loader>.dataset.data_root=DIR)"
+        )
+    if problems:
+        raise ConfigCheckError(" | ".join(problems))
 
 
 def enable_amp(cfg: Config) -> None:
@@ -118,7 +238,17 @@ def prepare_cpu_distributed(cfg: Config) -> None:
 
 
 def build_runner(cfg: Config):
-    """Build a ``Runner``, or the config's ``runner_type`` (``FlexibleRunner``: DeepSpeed, FSDP)."""
+    """Build a ``Runner``, or the config's ``runner_type`` (``FlexibleRunner``: DeepSpeed, FSDP).
+
+    Every checkpoint the runner saves records the sha256 of the model's pretrained files
+    (:class:`~aerialseg.engine.pretrained.RecordPretrainedFilesHook`).
+    """
+    hooks = list(cfg.get("custom_hooks") or [])
+    if not any(
+        isinstance(hook, Mapping) and hook.get("type") == "RecordPretrainedFilesHook"
+        for hook in hooks
+    ):
+        cfg.custom_hooks = hooks + [dict(type="RecordPretrainedFilesHook")]
     if "runner_type" not in cfg:
         return Runner.from_cfg(cfg)
     from mmseg.registry import RUNNERS
@@ -149,13 +279,44 @@ def train_main(argv: list[str] | None = None):
         help="resume from the latest checkpoint in the work dir, or from the given checkpoint",
     )
     parser.add_argument("--amp", action="store_true", help="automatic mixed precision training")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        help="random seed of this run (overrides the config's randomness.seed); train with "
+        "several seeds to report mean +- std",
+    )
+    parser.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="deterministic cuDNN/torch algorithms (slower; with --seed, repeatable runs)",
+    )
     add_common_arguments(parser)
     args = parser.parse_args(argv)
     set_local_rank(args.local_rank, args.launcher)
 
-    cfg = load_config(args.config, args.work_dir, args.cfg_options, args.launcher)
+    try:
+        cfg = load_config(args.config, args.work_dir, args.cfg_options, args.launcher)
+    except (ConfigCheckError, FileNotFoundError) as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    from aerialseg.datasets.split_check import ValTestOverlapError, check_val_test_separate
+
+    try:  # checkpoints are selected on val: never on the split the tables report
+        check_val_test_separate(cfg)
+    except ValTestOverlapError as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
     if args.amp:
         enable_amp(cfg)
+    try:
+        check_run_files(cfg, ("train_dataloader", "val_dataloader"))
+    except ConfigCheckError as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    if args.seed is not None or args.deterministic:
+        randomness = dict(cfg.get("randomness") or {})
+        if args.seed is not None:
+            randomness["seed"] = args.seed
+        if args.deterministic:
+            randomness["deterministic"] = True
+        cfg.randomness = randomness
     apply_resume(cfg, args.resume)
     prepare_cpu_distributed(cfg)
     runner = build_runner(cfg)

@@ -30,7 +30,9 @@ from mmengine.structures import PixelData
 from mmseg.models.segmentors.base import BaseSegmentor
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
+from torch import nn
 
+from aerialseg.models.feature_cache import build_feature_cache
 from aerialseg.models.lora import apply_lora, lora_parameter_count
 from aerialseg.models.mask_loss import ReferringMaskLoss
 from aerialseg.models.prompter import ActivationPrompter
@@ -75,6 +77,9 @@ class ClipSAM(BaseSegmentor):
             towers trained from scratch need (see the tiny config); give them distinct
             ``loss_name`` values, e.g. ``'loss_activation'``.
         save_frozen_weights: keep frozen pretrained tensors in ``state_dict()``.
+        feature_cache: ``dict(dir=..., towers=('sam', 'vlm'))``: in training, read the outputs
+            of these frozen image towers (no LoRA) from a content-addressed disk cache instead of
+            recomputing them every epoch (:mod:`aerialseg.models.feature_cache`).
         data_preprocessor: :class:`ReferringDataPreProcessor` config; ``vlm_path`` defaults to
             ``vlm['pretrained']``.
         test_cfg: ``threshold`` (probability, 0.5) for ``pred_sem_seg``.
@@ -92,6 +97,7 @@ class ClipSAM(BaseSegmentor):
         loss_iou_weight: float = 1.0,
         loss_activation: list[dict] | None = None,
         save_frozen_weights: bool = False,
+        feature_cache: dict | None = None,
         data_preprocessor: dict | None = None,
         train_cfg: dict | None = None,
         test_cfg: dict | None = None,
@@ -109,8 +115,8 @@ class ClipSAM(BaseSegmentor):
         self.train_cfg = train_cfg or {}
         self.test_cfg = test_cfg or {}
         self.vlm = SiglipTowers(**vlm)
-        self.sam = SamParts(**sam)
-        self.prompter = ActivationPrompter(self.vlm.width, self.sam.embed_dim, **(prompter or {}))
+        self.sam = self._build_sam(sam)
+        self.prompter = self._build_prompter(prompter or {})
         self.loss_mask = ReferringMaskLoss(loss_mask or DEFAULT_MASK_LOSSES)
         self.dense_prompt = dense_prompt
         self.loss_iou_weight = loss_iou_weight
@@ -125,11 +131,7 @@ class ClipSAM(BaseSegmentor):
         self._check_geometry()
 
         self.lora_cfg = dict(lora or {})
-        towers = dict(
-            sam_image_encoder=self.sam.image_encoder,
-            vlm_vision=self.vlm.vision,
-            vlm_text=self.vlm.text,
-        )
+        towers = self._lora_towers()
         unknown = set(self.lora_cfg) - set(towers)
         if unknown:
             raise ValueError(f"unknown LoRA towers {sorted(unknown)}; expected {sorted(towers)}")
@@ -137,12 +139,53 @@ class ClipSAM(BaseSegmentor):
             if cfg:
                 apply_lora(towers[name], cfg, name)
         self._set_trainable(trainable)
+        self.feature_cache = build_feature_cache(
+            feature_cache, dict(sam=self.sam.image_encoder, vlm=self.vlm.vision)
+        )
         self._frozen_keys = self._pretrained_frozen_keys()
         self.register_load_state_dict_post_hook(self._ignore_missing_frozen_keys)
         for line in self.parameter_summary_lines():
             print_log(line, logger="current", level=logging.INFO)
 
     # ----------------------------------------------------------------------------- construction
+    # Subclasses (ClipSAM2) swap the SAM generation and the prompter through these hooks and keep
+    # everything else: towers, LoRA, trainable sets, checkpoint handling, post-processing.
+    def _build_sam(self, cfg: dict) -> nn.Module:
+        return SamParts(**cfg)
+
+    def _build_prompter(self, cfg: dict) -> nn.Module:
+        return ActivationPrompter(self.vlm.width, self.sam.embed_dim, **cfg)
+
+    def _lora_towers(self) -> dict[str, nn.Module]:
+        """The modules a ``lora`` config may adapt, by config key."""
+        return dict(
+            sam_image_encoder=self.sam.image_encoder,
+            vlm_vision=self.vlm.vision,
+            vlm_text=self.vlm.text,
+        )
+
+    def _unused_parameters(self) -> list[str]:
+        """Prefixes of parameters the forward pass never uses (always frozen)."""
+        unused = list(_UNUSED_SAM_PARAMETERS)
+        if self.loss_iou_weight == 0:
+            unused.append("sam.mask_decoder.iou_prediction_head")
+        unused.append(
+            "sam.prompt_encoder.no_mask_embed"
+            if self.dense_prompt
+            else "sam.prompt_encoder.mask_downscaling"
+        )
+        return unused
+
+    def _summary_parts(self) -> dict[str, nn.Module]:
+        return dict(
+            sam_image_encoder=self.sam.image_encoder,
+            sam_prompt_encoder=self.sam.prompt_encoder,
+            sam_mask_decoder=self.sam.mask_decoder,
+            vlm_vision=self.vlm.vision,
+            vlm_text=self.vlm.text,
+            prompter=self.prompter,
+        )
+
     def _check_geometry(self) -> None:
         pre = self.data_preprocessor
         if pre.size != self.sam.image_size:
@@ -168,17 +211,10 @@ class ClipSAM(BaseSegmentor):
             except AttributeError:
                 raise ValueError(
                     f"'trainable' names '{name}', which is neither a sub-module nor a parameter of "
-                    "ClipSAM (e.g. 'prompter', 'sam.mask_decoder', 'vlm.logit_scale')"
+                    f"{type(self).__name__} (e.g. 'prompter', 'vlm.logit_scale')"
                 ) from None
             chosen.update(f"{name}.{key}" for key, _ in module.named_parameters())
-        unused = list(_UNUSED_SAM_PARAMETERS)
-        if self.loss_iou_weight == 0:
-            unused.append("sam.mask_decoder.iou_prediction_head")
-        unused.append(
-            "sam.prompt_encoder.no_mask_embed"
-            if self.dense_prompt
-            else "sam.prompt_encoder.mask_downscaling"
-        )
+        unused = self._unused_parameters()
         for name, parameter in parameters.items():
             never_used = any(name.startswith(prefix + ".") for prefix in unused)
             parameter.requires_grad_(("lora_" in name or name in chosen) and not never_used)
@@ -195,14 +231,7 @@ class ClipSAM(BaseSegmentor):
 
     def parameter_summary(self) -> dict[str, tuple[int, int]]:
         """``{part: (trainable, total)}`` parameter counts, plus ``'lora'`` and ``'all'``."""
-        parts = dict(
-            sam_image_encoder=self.sam.image_encoder,
-            sam_prompt_encoder=self.sam.prompt_encoder,
-            sam_mask_decoder=self.sam.mask_decoder,
-            vlm_vision=self.vlm.vision,
-            vlm_text=self.vlm.text,
-            prompter=self.prompter,
-        )
+        parts = self._summary_parts()
         summary = {
             name: (
                 sum(p.numel() for p in module.parameters() if p.requires_grad),
@@ -219,7 +248,7 @@ class ClipSAM(BaseSegmentor):
         return summary
 
     def parameter_summary_lines(self) -> list[str]:
-        lines = ["ClipSAM parameters (trainable / total):"]
+        lines = [f"{type(self).__name__} parameters (trainable / total):"]
         for name, (trainable, total) in self.parameter_summary().items():
             lines.append(f"  {name:<20} {trainable:>13,} / {total:>13,}")
         return lines
@@ -233,6 +262,11 @@ class ClipSAM(BaseSegmentor):
             for key in self._frozen_keys:
                 state.pop(prefix + key, None)
         return state
+
+    def frozen_state_dict_keys(self) -> set[str]:
+        """Keys a trained checkpoint may leave out: the frozen SigLIP/SAM tensors, rebuilt from
+        the pretrained files (the strict-loading contract of ``aerialseg.apis.trained_weights``)."""
+        return set(self._frozen_keys)
 
     def _ignore_missing_frozen_keys(self, module, incompatible_keys) -> None:
         """Frozen pretrained tensors are loaded at construction, not from training checkpoints."""
@@ -252,10 +286,13 @@ class ClipSAM(BaseSegmentor):
         Returns:
             ``sam``: B x D x h x w SAM image embedding; ``vlm``: B x C x g x g SigLIP patches.
         """
-        return dict(
-            sam=self.sam.embed_image(inputs["sam_pixels"]),
-            vlm=self.vlm.encode_image(inputs["vlm_pixels"]),
+        encoders = dict(
+            sam=(self.sam.embed_image, inputs["sam_pixels"]),
+            vlm=(self.vlm.encode_image, inputs["vlm_pixels"]),
         )
+        if self.feature_cache is not None and self.training:
+            return self.feature_cache.encode_all(encoders)
+        return {name: encode(pixels) for name, (encode, pixels) in encoders.items()}
 
     def encode_text(self, input_ids: torch.Tensor, text_mask: torch.Tensor):
         """N x L token ids -> per-token features N x L x C and pooled N x C."""
@@ -327,19 +364,24 @@ class ClipSAM(BaseSegmentor):
                 outputs["activation"], size=labels.shape[-2:], mode="bilinear", align_corners=False
             )
             losses.update(self.loss_activation(activation, labels))
-        with torch.no_grad():
-            valid = labels != self.loss_mask.ignore_index
-            predicted = (logits[:, 0] > 0) & valid
-            target = (labels == 1) & valid
-            intersection = (predicted & target).flatten(1).sum(1).float()
-            union = (predicted | target).flatten(1).sum(1).float()
-            mask_iou = torch.where(union > 0, intersection / union.clamp(min=1), 1.0)
+        mask_iou = self.mask_iou(logits, labels)
         if self.loss_iou_weight:
             losses["loss_iou"] = self.loss_iou_weight * F.mse_loss(
                 outputs["iou"][:, 0].float(), mask_iou
             )
         losses["mask_iou"] = mask_iou.mean()
         return losses
+
+    @torch.no_grad()
+    def mask_iou(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """IoU per sample (B) of the B x 1 x S x S logits > 0 with the padded B x S x S labels,
+        padding excluded; 1 when both are empty."""
+        valid = labels != self.loss_mask.ignore_index
+        predicted = (logits[:, 0] > 0) & valid
+        target = (labels == 1) & valid
+        intersection = (predicted & target).flatten(1).sum(1).float()
+        union = (predicted | target).flatten(1).sum(1).float()
+        return torch.where(union > 0, intersection / union.clamp(min=1), 1.0)
 
     def predict(self, inputs: dict, data_samples: list[SegDataSample] | None = None):
         """Predictions at each image's original size.

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from aerialseg.models.lora_fused import use_fused_lora
+
 LORA_KEYS = {"r", "alpha", "dropout", "target_modules"}
 
 
@@ -51,6 +53,7 @@ def apply_lora(module: nn.Module, cfg: dict, where: str) -> list[str]:
         bias="none",
     )
     inject_adapter_in_model(config, module)
+    use_fused_lora(module)  # same maths, fewer full-size passes (aerialseg.models.lora_fused)
     return [name for name in names if any(_matches(name, t) for t in targets)]
 
 

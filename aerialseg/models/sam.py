@@ -13,6 +13,7 @@ h = w = S / ``patch_size`` (64).
 
 from __future__ import annotations
 
+import functools
 import os
 from functools import partial
 
@@ -82,6 +83,124 @@ def sam_arch(arch: str | dict) -> dict:
     return full
 
 
+# Elements of one tile's logits (8 MB in fp32): the fused attention works on (heads, query rows)
+# tiles, so the bias, softmax and their gradients never make full passes over the
+# 12 x 4096 x 4096 matrix that segment-anything's eager code builds for global attention at
+# 64 x 64, while each tile is still large enough for efficient matmuls.
+_TILE_ELEMENTS = 2**21
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
+
+
+def _tiles(batch_heads: int, queries: int, keys: int) -> list[tuple[slice, slice]]:
+    """(batch-head slice, query-row slice) tiles covering a BH x N_q x N_k logits tensor."""
+    rows = max(1, min(queries, _TILE_ELEMENTS // keys))
+    heads = max(1, min(batch_heads, _TILE_ELEMENTS // (rows * keys)))
+    return [
+        (slice(h, min(h + heads, batch_heads)), slice(r, min(r + rows, queries)))
+        for h in range(0, batch_heads, heads)
+        for r in range(0, queries, rows)
+    ]
+
+
+def _rel_pos_bias(rel_h: torch.Tensor, rel_w: torch.Tensor) -> torch.Tensor:
+    """Decomposed relative-position bias: rel_h BH x n x kh, rel_w BH x n x kw -> BH x n x kh*kw."""
+    return (rel_h[..., :, None] + rel_w[..., None, :]).flatten(2)
+
+
+class _RelPosAttention(torch.autograd.Function):
+    """softmax(scale * q k^T + bias(rel_h, rel_w)) v, tiled; q, k, v BH x N x d -> BH x N x d.
+
+    The forward runs PyTorch's fused SDPA kernel per tile with that tile's bias as an additive
+    mask, so no probability matrix is stored. The kernel has no gradient for a mask on CPU (and
+    the bias depends on q, which trains under LoRA), so autograd would fall back to the unfused
+    maths; the backward instead recomputes each tile's probabilities in cache and forms the
+    gradients of q, k, v and of both bias factors there (the flash-attention backward).
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, rel_h, rel_w, scale):
+        out = q.new_empty(q.shape[:-1] + v.shape[-1:])
+        for heads, rows in _tiles(q.shape[0], q.shape[1], k.shape[1]):
+            bias = _rel_pos_bias(rel_h[heads, rows], rel_w[heads, rows]).to(q.dtype)
+            out[heads, rows] = F.scaled_dot_product_attention(
+                q[heads, rows][:, None],
+                k[heads][:, None],
+                v[heads][:, None],
+                attn_mask=bias[:, None],
+                scale=scale,
+            )[:, 0]
+        ctx.save_for_backward(q, k, v, rel_h, rel_w, out)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, rel_h, rel_w, out = ctx.saved_tensors
+        scale = ctx.scale
+        kh, kw = rel_h.shape[-1], rel_w.shape[-1]
+        grad_out = grad_out.contiguous()
+        # softmax backward: dS = P * (dP - D), D_i = sum_j P_ij dP_ij = <dO_i, O_i>
+        row_term = (grad_out * out).sum(-1, keepdim=True)
+        grad_q = torch.empty_like(q)
+        grad_h = q.new_empty(q.shape[:-1] + (kh,))
+        grad_w = q.new_empty(q.shape[:-1] + (kw,))
+        # Keys and values transposed once (d x N), and their gradients accumulated transposed, so
+        # every per-tile product is a plain matmul whose inner size is the tile's rows.
+        key_t, value_t = k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()
+        grad_key_t, grad_value_t = torch.zeros_like(key_t), torch.zeros_like(value_t)
+        for heads, rows in _tiles(q.shape[0], q.shape[1], k.shape[1]):
+            bias = _rel_pos_bias(rel_h[heads, rows], rel_w[heads, rows]).to(q.dtype)
+            query, grad = q[heads, rows], grad_out[heads, rows]
+            probs = torch.softmax(torch.baddbmm(bias, query, key_t[heads], alpha=scale), dim=-1)
+            grad_value_t[heads].baddbmm_(grad.transpose(1, 2), probs)
+            grad_logits = torch.bmm(grad, value_t[heads])
+            grad_logits.sub_(row_term[heads, rows]).mul_(probs)
+            grid = grad_logits.view(grad_logits.shape[0], -1, kh, kw)
+            grad_h[heads, rows] = grid.sum(-1)
+            grad_w[heads, rows] = grid.sum(-2)
+            grad_q[heads, rows] = torch.bmm(grad_logits, k[heads]).mul_(scale)
+            grad_key_t[heads].baddbmm_(query.transpose(1, 2), grad_logits, alpha=scale)
+        grad_k, grad_v = grad_key_t.transpose(1, 2), grad_value_t.transpose(1, 2)
+        return grad_q, grad_k, grad_v, grad_h, grad_w, None
+
+
+@functools.cache
+def _attention_class():
+    from segment_anything.modeling.image_encoder import Attention, get_rel_pos
+
+    class FusedAttention(Attention):
+        """segment-anything's ``Attention`` with the same parameters and maths, computed with
+        ``scaled_dot_product_attention`` (``impl='sdpa'``) or by the original code (``'eager'``).
+        """
+
+        impl = "sdpa"
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            """B x H x W x C tokens (a window or the whole grid) -> B x H x W x C."""
+            if self.impl == "eager" or not self.use_rel_pos:
+                return super().forward(x)
+            batch, height, width, _ = x.shape
+            qkv = self.qkv(x).reshape(batch, height * width, 3, self.num_heads, -1)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).reshape(
+                3, batch * self.num_heads, height * width, -1
+            )
+            rel_h = torch.einsum(
+                "bhwc,hkc->bhwk",
+                q.reshape(-1, height, width, q.shape[-1]),
+                get_rel_pos(height, height, self.rel_pos_h),
+            ).flatten(1, 2)
+            rel_w = torch.einsum(
+                "bhwc,wkc->bhwk",
+                q.reshape(-1, height, width, q.shape[-1]),
+                get_rel_pos(width, width, self.rel_pos_w),
+            ).flatten(1, 2)
+            out = _RelPosAttention.apply(q, k, v, rel_h, rel_w, self.scale)
+            out = out.view(batch, self.num_heads, height, width, -1).permute(0, 2, 3, 1, 4)
+            return self.proj(out.reshape(batch, height, width, -1))
+
+    return FusedAttention
+
+
 def _image_encoder_class():
     from segment_anything.modeling import ImageEncoderViT
 
@@ -112,10 +231,23 @@ class SamParts(nn.Module):
         arch: ``'vit_b'``, ``'vit_l'``, ``'vit_h'`` or a dict (see :func:`sam_arch`).
         checkpoint: official SAM ``.pth``; ``None`` leaves segment-anything's random init.
         with_cp: recompute image-encoder blocks in backward (activation checkpointing).
+        attn_impl: image-encoder attention: ``'sdpa'`` (fused kernel, relative-position bias as
+            an additive mask; same maths) or ``'eager'`` (segment-anything's own code, the
+            reference the equivalence test compares with).
     """
 
-    def __init__(self, arch: str | dict = "vit_b", checkpoint: str | None = None, with_cp=False):
+    def __init__(
+        self,
+        arch: str | dict = "vit_b",
+        checkpoint: str | None = None,
+        with_cp=False,
+        attn_impl: str = "sdpa",
+    ):
         super().__init__()
+        if attn_impl not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(
+                f"attn_impl must be one of {ATTENTION_IMPLEMENTATIONS}, got '{attn_impl}'"
+            )
         from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
 
         self.arch_name = arch if isinstance(arch, str) else arch.get("base", "custom")
@@ -137,6 +269,12 @@ class SamParts(nn.Module):
             out_chans=a["prompt_embed_dim"],
         )
         self.image_encoder.with_cp = with_cp
+        fused = _attention_class()
+        for block in self.image_encoder.blocks:
+            # Same parameters and state-dict keys; only the forward changes.
+            block.attn.__class__ = fused
+            block.attn.impl = attn_impl
+        self.attn_impl = attn_impl
         self.prompt_encoder = PromptEncoder(
             embed_dim=a["prompt_embed_dim"],
             image_embedding_size=(grid, grid),

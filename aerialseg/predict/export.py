@@ -8,14 +8,16 @@ import json
 import os
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import rasterio
+import rasterio.errors
 import rasterio.features
 from PIL import Image
 from pycocotools import mask as mask_utils
-from shapely.geometry import mapping, shape
+from shapely.geometry import Polygon, mapping, shape
+from shapely.geometry.polygon import orient
 
 from aerialseg.predict.raster import RasterInfo
 
@@ -52,14 +54,20 @@ def encode_png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def mask_uint8(mask: np.ndarray) -> np.ndarray:
+    """uint8 [H, W], 255 inside a bool mask: one byte per pixel (``np.where`` would make an
+    int64 temporary of eight)."""
+    return np.asarray(mask, dtype=bool).view(np.uint8) * np.uint8(255)
+
+
 def mask_png(mask: np.ndarray) -> bytes:
     """A single-band 8-bit PNG: 255 inside the mask, 0 outside."""
-    return encode_png(np.where(mask, 255, 0).astype(np.uint8))
+    return encode_png(mask_uint8(mask))
 
 
 def coco_rle(mask: np.ndarray) -> dict:
     """COCO compressed RLE ``{'size': [h, w], 'counts': str}`` of a bool [H, W] mask."""
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, bool).view(np.uint8)))
     return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
@@ -100,6 +108,43 @@ def predictions_document(
     return document
 
 
+def metric_measure(crs: rasterio.crs.CRS | None) -> Callable[[Polygon], tuple] | None:
+    """``polygon -> (area m², perimeter m)`` for polygons in ``crs``, or ``None`` if unknown.
+
+    The perimeter is the length of every ring, holes included (as shapely's ``length``).
+
+    * geographic CRS (e.g. EPSG:4326, coordinates lon/lat in degrees): geodesic area and perimeter
+      on the CRS's own ellipsoid (``pyproj.Geod.geometry_area_perimeter``, Karney's algorithm);
+    * projected CRS: planar area and length in the CRS, converted from its linear unit to metres
+      (for UTM: exactly pixel count x pixel area, as GIS tools report it for projected data);
+    * anything else (local or engineering CRSs without a unit): ``None``.
+    """
+    if crs is None:
+        return None
+    if crs.is_geographic:
+        from pyproj import CRS
+
+        geod = CRS.from_wkt(crs.to_wkt()).get_geod()
+        if geod is None:
+            return None
+
+        def geodesic(polygon: Polygon) -> tuple[float, float]:
+            # pyproj sums signed ring areas: exterior counter-clockwise, holes clockwise.
+            polygon = orient(polygon, sign=1.0)
+            area, _ = geod.geometry_area_perimeter(polygon)
+            rings = [polygon.exterior, *polygon.interiors]
+            return area, sum(geod.line_length(*ring.xy) for ring in rings)
+
+        return geodesic
+    if crs.is_projected:
+        try:
+            _, metres = crs.linear_units_factor
+        except rasterio.errors.CRSError:
+            return None
+        return lambda geometry: (geometry.area * metres**2, geometry.length * metres)
+    return None
+
+
 def polygon_features(
     info: RasterInfo,
     expressions: Sequence[str],
@@ -110,21 +155,27 @@ def polygon_features(
     """GeoJSON features, one per connected region (4-connectivity), in the raster's CRS.
 
     Polygons follow pixel edges exactly (holes included) unless ``simplify`` (CRS units, e.g. m)
-    is > 0. Properties: ``expression_index``, ``expression``, ``score`` and ``area`` (CRS units²).
+    is > 0. Properties: ``expression_index``, ``expression``, ``score`` (the expression's),
+    ``area_px`` (pixels of the region), and ``area_m2`` / ``perimeter_m`` (of the polygon as
+    written, see :func:`metric_measure`; ``null`` when the CRS has no known unit).
     """
+    measure = metric_measure(info.crs)
     features = []
     for index, (expression, mask, score) in enumerate(zip(expressions, masks, scores)):
         if not mask.any():
             continue
+        mask = np.asarray(mask, bool)
         regions = rasterio.features.shapes(
-            mask.astype(np.uint8), mask=mask, transform=info.transform, connectivity=4
+            mask.view(np.uint8), mask=mask, transform=info.transform, connectivity=4
         )
         for geometry, _ in regions:
             polygon = shape(geometry)
+            pixels = polygon.area / abs(info.transform.determinant)
             if simplify > 0:
                 polygon = polygon.simplify(simplify, preserve_topology=True)
             if polygon.is_empty:
                 continue
+            area_m2, perimeter_m = measure(polygon) if measure else (None, None)
             features.append(
                 {
                     "type": "Feature",
@@ -132,12 +183,27 @@ def polygon_features(
                         "expression_index": index,
                         "expression": expression,
                         "score": round(float(score), 6),
-                        "area": round(float(polygon.area), 6),
+                        "area_px": int(round(pixels)),
+                        "area_m2": None if area_m2 is None else round(float(area_m2), 4),
+                        "perimeter_m": None if perimeter_m is None else round(perimeter_m, 4),
                     },
                     "geometry": mapping(polygon),
                 }
             )
     return features
+
+
+def expression_areas_m2(features: Sequence[dict], count: int) -> list[float | None]:
+    """Total ``area_m2`` of each expression's features (``None`` when areas are unknown)."""
+    totals: list[float | None] = [0.0] * count
+    for feature in features:
+        properties = feature["properties"]
+        index = properties["expression_index"]
+        if properties["area_m2"] is None or totals[index] is None:
+            totals[index] = None
+        else:
+            totals[index] += properties["area_m2"]
+    return totals
 
 
 def geojson_document(
@@ -154,7 +220,8 @@ def geojson_document(
     """
     if not info.georeferenced:
         raise ValueError(
-            f"'{info.name}' has no CRS/geotransform: GeoJSON needs a georeferenced input"
+            info.georeference_note
+            or f"'{info.name}' has no CRS/geotransform: GeoJSON needs a georeferenced input"
         )
     return {
         "type": "FeatureCollection",
@@ -179,8 +246,8 @@ def masks_geotiff(info: RasterInfo, expressions: Sequence[str], masks: np.ndarra
     }
     with rasterio.io.MemoryFile() as memory:
         with memory.open(**profile) as dataset:
-            dataset.write(np.where(masks, 255, 0).astype(np.uint8))
-            for band, expression in enumerate(expressions, start=1):
+            for band, (expression, mask) in enumerate(zip(expressions, masks), start=1):
+                dataset.write(mask_uint8(mask), band)  # one band at a time: 1 byte/pixel
                 dataset.set_band_description(band, expression)
         return memory.read()
 

@@ -24,6 +24,19 @@ PALETTE = (
 )
 ALPHA = 0.45
 LINE_HEIGHT = 22
+# The legend is drawn for a picture shown about this wide (the web page's column, a document
+# page): wider overlays get proportionally larger text, so it stays readable once scaled down.
+LEGEND_VIEW_WIDTH = 900
+
+
+def overlay_colors(count: int) -> list[tuple[int, int, int]]:
+    """The RGB colour of each of ``count`` expressions in overlays (and in the web page's table)."""
+    return [PALETTE[i % len(PALETTE)] for i in range(count)]
+
+
+def hex_color(color: tuple[int, int, int]) -> str:
+    """``(230, 159, 0)`` -> ``'#e69f00'``."""
+    return "#" + "".join(f"{int(c):02x}" for c in color)
 
 
 def _ascii(text: str) -> str:
@@ -48,40 +61,54 @@ def draw_overlay(
         colors: N RGB colours; the Okabe-Ito palette by default.
 
     Returns:
-        ``(H + legend) x W x 3`` uint8 RGB.
+        ``(H + legend) x W x 3`` uint8 RGB. The legend's text grows with the picture's width
+        (past :data:`LEGEND_VIEW_WIDTH`), so that it stays readable when shown at page width.
     """
-    colors = list(colors or [PALETTE[i % len(PALETTE)] for i in range(len(labels))])
+    colors = list(colors or overlay_colors(len(labels)))
     canvas = image
     if max_side is not None and max(image.shape[:2]) > max_side:
         scale = max_side / max(image.shape[:2])
         size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
         canvas = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-    canvas = canvas.astype(np.float32)
+    # uint8 throughout (about 8 bytes per pixel at the peak, not the 30 of a float32 canvas):
+    # each tint is blended by OpenCV into a scratch image and copied back inside the mask.
+    canvas = np.array(canvas, dtype=np.uint8, copy=True)
     height, width = canvas.shape[:2]
+    tint = np.empty_like(canvas)
+    blended = np.empty_like(canvas)
     outlines = []
     for mask, color in zip(masks, colors):
-        mask = np.asarray(mask, dtype=np.uint8)
+        mask = np.asarray(mask, dtype=bool).view(np.uint8)
         if mask.shape != (height, width):
             mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
-        inside = mask.astype(bool)
-        canvas[inside] = (1 - ALPHA) * canvas[inside] + ALPHA * np.asarray(color, np.float32)
+        tint[:] = color
+        cv2.addWeighted(canvas, 1 - ALPHA, tint, ALPHA, 0.0, dst=blended)
+        np.copyto(canvas, blended, where=mask.view(bool)[..., None])
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         outlines.append((contours, color))
-    canvas = np.clip(canvas, 0, 255).astype(np.uint8)
+    del tint, blended
     for contours, color in outlines:
         cv2.drawContours(canvas, contours, -1, tuple(int(c) for c in color), 2)
-    legend = np.full((LINE_HEIGHT * len(labels) + 6, width, 3), 24, np.uint8)
+    scale = max(1.0, width / LEGEND_VIEW_WIDTH)
+    line = round(LINE_HEIGHT * scale)
+
+    def at(value: float) -> int:
+        return round(value * scale)
+
+    legend = np.full((line * len(labels) + at(6), width, 3), 24, np.uint8)
     for i, (label, color) in enumerate(zip(labels, colors)):
-        top = 4 + i * LINE_HEIGHT
-        cv2.rectangle(legend, (6, top + 3), (20, top + 17), tuple(int(c) for c in color), -1)
+        top = at(4) + i * line
+        cv2.rectangle(
+            legend, (at(6), top + at(3)), (at(20), top + at(17)), tuple(int(c) for c in color), -1
+        )
         cv2.putText(
             legend,
             _ascii(label),
-            (28, top + 15),
+            (at(28), top + at(15)),
             cv2.FONT_HERSHEY_SIMPLEX,
-            0.45,
+            0.45 * scale,
             (240, 240, 240),
-            1,
+            max(1, round(scale)),
             cv2.LINE_AA,
         )
     return np.concatenate([canvas, legend], axis=0)

@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from aerialformats.atomic import atomic_write_bytes
 from aerialseg.predict.export import (
     encode_png,
+    expression_areas_m2,
     geojson_document,
     json_bytes,
     mask_png,
@@ -18,18 +20,18 @@ from aerialseg.predict.export import (
     safe_stem,
     slugify,
 )
-from aerialseg.predict.overlay import draw_overlay
+from aerialseg.predict.overlay import draw_overlay, overlay_colors
 from aerialseg.predict.raster import RasterInfo, RasterSource, open_raster
 from aerialseg.predict.windows import Predictor, StitchedPrediction, predict_windows
-from datagen.storage import atomic_write_bytes
 
 
 @dataclass
 class PredictOptions:
     """How an image is read, tiled and exported (the CLI flags of ``aerialseg predict``).
 
-    ``window``/``overlap`` are in source pixels; the defaults match Aerial-D's 480 px patches with
-    20% overlap, so a scene at the training ground sampling distance is seen at the trained scale.
+    ``window``/``overlap`` are in source pixels (``0 <= overlap < window`` when ``window > 0``);
+    the defaults match Aerial-D's 480 px patches with 20% overlap, so a scene at the training
+    ground sampling distance is seen at the trained scale.
     ``window <= 0`` predicts the whole image in one pass (the model resizes it), which keeps
     whole-image spatial words ("top left") meaningful on small images.
     """
@@ -61,6 +63,9 @@ class ImageResult:
     files: dict[str, bytes] = field(default_factory=dict)
     mask_files: list[str] = field(default_factory=list)
     outputs: dict[str, str] = field(default_factory=dict)
+    areas_m2: list[float | None] = field(default_factory=list)
+    colors: list[tuple[int, int, int]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def masks(self) -> np.ndarray:
@@ -69,6 +74,17 @@ class ImageResult:
     @property
     def scores(self) -> np.ndarray:
         return self.prediction.scores
+
+
+def check_tiling(window: int, overlap: int) -> None:
+    """Refuse an overlap that leaves no stride (``--overlap >= --window``) or is negative."""
+    if overlap < 0:
+        raise ValueError(f"--overlap must be >= 0, got {overlap}")
+    if window > 0 and overlap >= window:
+        raise ValueError(
+            f"--overlap ({overlap}) must be smaller than --window ({window}): neighbouring "
+            "windows would not advance"
+        )
 
 
 def validate_expressions(expressions: Sequence[str] | None) -> list[str]:
@@ -90,6 +106,7 @@ def predict_source(
     options: PredictOptions | None = None,
     stem: str | None = None,
     on_tile=None,
+    on_phase=None,
 ) -> ImageResult:
     """Predict ``expressions`` on an open raster and encode all outputs (in memory).
 
@@ -97,9 +114,17 @@ def predict_source(
     ``{stem}.mask-{k}-{slug}.png`` per expression, ``{stem}.predictions.json`` (COCO RLE),
     ``{stem}.overlay.png`` and, for georeferenced inputs, ``{stem}.geojson`` and
     ``{stem}.masks.tif``.
+
+    Args:
+        on_tile: called with ``(done, total)`` windows after each window.
+        on_phase: called with ``'predict'`` before the first window and ``'export'`` before the
+            outputs are encoded (progress reports for long scenes).
     """
     options = options or PredictOptions()
     expressions = validate_expressions(expressions)
+    check_tiling(options.window, options.overlap)
+    if on_phase is not None:
+        on_phase("predict")
     stitched = predict_windows(
         source,
         expressions,
@@ -109,14 +134,22 @@ def predict_source(
         progress=options.progress,
         on_tile=on_tile,
     )
+    if on_phase is not None:
+        on_phase("export")
     info = source.info
     preview = source.read_preview(options.overlay_max_side)
     labels = [
-        f"{i}. {text}  (score {score:.2f}, {int(mask.sum())} px)"
+        f"{i}. {text}  (score {score:.2f}, {np.count_nonzero(mask)} px)"
         for i, (text, score, mask) in enumerate(zip(expressions, stitched.scores, stitched.masks))
     ]
-    overlay = draw_overlay(preview, stitched.masks, labels, max_side=options.overlay_max_side)
-    result = ImageResult(info, expressions, stitched, overlay, preview)
+    colors = overlay_colors(len(expressions))
+    overlay = draw_overlay(
+        preview, stitched.masks, labels, max_side=options.overlay_max_side, colors=colors
+    )
+    result = ImageResult(info, expressions, stitched, overlay, preview, colors=colors)
+    result.areas_m2 = [None] * len(expressions)
+    if info.georeference_note:
+        result.notes.append(info.georeference_note)
     stem = stem or safe_stem(os.path.basename(info.name))
     for index, (expression, mask) in enumerate(zip(expressions, stitched.masks)):
         name = f"{stem}.mask-{index}-{slugify(expression)}.png"
@@ -131,6 +164,7 @@ def predict_source(
         geojson = geojson_document(
             info, expressions, stitched.masks, stitched.scores, options.simplify
         )
+        result.areas_m2 = expression_areas_m2(geojson["features"], len(expressions))
         result.outputs["geojson"] = f"{stem}.geojson"
         result.files[result.outputs["geojson"]] = json_bytes(geojson)
         result.outputs["masks_tif"] = f"{stem}.masks.tif"
@@ -144,6 +178,7 @@ def predict_file(
     predictor: Predictor,
     out_dir: str | os.PathLike,
     options: PredictOptions | None = None,
+    on_phase=None,
 ) -> tuple[ImageResult, list[str]]:
     """Predict on one image file and write its outputs into ``out_dir`` (atomically).
 
@@ -156,7 +191,7 @@ def predict_file(
     with open_raster(
         path, bands=options.bands, percentiles=options.percentiles, max_pixels=options.max_pixels
     ) as source:
-        result = predict_source(source, expressions, predictor, options)
+        result = predict_source(source, expressions, predictor, options, on_phase=on_phase)
     written = []
     for name, data in result.files.items():
         target = os.path.join(os.fspath(out_dir), name)
@@ -170,15 +205,20 @@ def build_predictor(
     checkpoint: str | None = None,
     device: str = "cpu",
     cfg_options: dict | None = None,
+    pretrained_root: str | None = None,
+    allow_partial: bool = False,
 ) -> Predictor:
     """Load ``aerialseg.apis.ReferringSegmenter`` once.
 
     Args:
         config: model config; ``None`` uses the config saved in the checkpoint (training
             checkpoints carry it).
-        checkpoint: trained checkpoint (``.pth``).
+        checkpoint: trained checkpoint (``.pth``), or a folder written by ``aerialseg
+            export-model`` (its ``model.pth``).
         device: torch device.
         cfg_options: overrides merged into the config (``--cfg-options``).
+        pretrained_root: folder searched first for the pretrained files (``--pretrained-root``).
+        allow_partial: load a checkpoint whose keys do not all match (``--allow-partial``).
     """
     from aerialseg.apis import ReferringSegmenter
 
@@ -186,6 +226,15 @@ def build_predictor(
         raise ValueError("give --checkpoint (its saved config is used), --config, or both")
     if config is not None and not os.path.isfile(config):
         raise FileNotFoundError(f"config file not found: '{config}'")
+    if checkpoint is not None and os.path.isdir(checkpoint):
+        checkpoint = os.path.join(checkpoint, "model.pth")
     if checkpoint is not None and not os.path.isfile(checkpoint):
         raise FileNotFoundError(f"checkpoint file not found: '{checkpoint}'")
-    return ReferringSegmenter(config, checkpoint=checkpoint, device=device, cfg_options=cfg_options)
+    return ReferringSegmenter(
+        config,
+        checkpoint=checkpoint,
+        device=device,
+        cfg_options=cfg_options,
+        pretrained_root=pretrained_root,
+        allow_partial=allow_partial,
+    )

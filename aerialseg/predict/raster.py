@@ -14,6 +14,9 @@ through one documented normalisation (see ``docs/cli.md``):
   of a large scene uses the same stretch.
 * **Validity.** Pixels that GDAL masks (nodata value, alpha band, internal mask) and non-finite
   floats read as black and are reported invalid; predictions there are cleared.
+* **Georeference.** The geotransform and CRS as stored; a GeoTIFF with only ground control points
+  is georeferenced by their affine fit when every GCP lies within half a pixel of it, and
+  otherwise reported as not georeferenced, with a note that says why (no GeoJSON is written).
 
 Only PNG, JPEG and TIFF/GeoTIFF files are opened (recognised by their first bytes, then opened with
 that one GDAL driver), and they are read through rasterio window by window, so a large GeoTIFF is
@@ -36,6 +39,7 @@ import rasterio
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
 from rasterio.io import MemoryFile
+from rasterio.transform import from_gcps
 from rasterio.windows import Window
 
 # GDAL can open hundreds of formats, some of which reference other files (VRT). An input is only
@@ -54,6 +58,9 @@ SIGNATURES = (
 # worker threads).
 warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
 STATS_SIDE = 1024  # longest side of the decimated read behind the percentile stretch
+# Ground control points are used as an affine georeference when they fit one this well (pixels);
+# GCPs of a warped or rotated-with-distortion scan need gdalwarp's polynomial/thin-plate fit.
+GCP_TOLERANCE = 0.5
 
 
 class InputImageError(ValueError):
@@ -72,6 +79,7 @@ class RasterInfo:
     bands: tuple[int, ...]
     crs: rasterio.crs.CRS | None
     transform: rasterio.Affine
+    georeference_note: str | None = None
 
     @property
     def georeferenced(self) -> bool:
@@ -103,6 +111,7 @@ class RasterSource:
         self._ranges = None
         if any(dataset.dtypes[b - 1] != "uint8" for b in self.bands):
             self._ranges = self._percentile_ranges(percentiles)
+        self._crs, self._transform, self._georeference_note = self._georeferencing()
 
     # ------------------------------------------------------------------ construction helpers
     def _error(self, message: str) -> InputImageError:
@@ -170,6 +179,42 @@ class RasterSource:
             ranges[i] = (lo, hi if hi > lo else lo + 1.0)
         return ranges
 
+    def _georeferencing(self) -> tuple:
+        """``(crs, transform, note)``: the geotransform, else an affine fit of the ground control
+        points when they fit one to within :data:`GCP_TOLERANCE` pixels, else no georeference
+        and a note saying why (GeoJSON and the mask GeoTIFF are then not written)."""
+        dataset = self._dataset
+        if dataset.crs is not None and not dataset.transform.is_identity:
+            return dataset.crs, dataset.transform, None
+        gcps, gcp_crs = dataset.gcps
+        if not gcps or gcp_crs is None:
+            return dataset.crs, dataset.transform, None
+        if len(gcps) < 3:
+            return None, dataset.transform, self._gcp_note(f"only {len(gcps)} GCPs")
+        transform = from_gcps(gcps)
+        inverse = ~transform
+        residual = max(
+            float(np.hypot(*np.subtract(inverse * (gcp.x, gcp.y), (gcp.col, gcp.row))))
+            for gcp in gcps
+        )
+        if residual > GCP_TOLERANCE:
+            return (
+                None,
+                dataset.transform,
+                self._gcp_note(
+                    f"its {len(gcps)} GCPs do not fit an affine grid "
+                    f"(off by up to {residual:.1f} px)"
+                ),
+            )
+        return gcp_crs, transform, None
+
+    def _gcp_note(self, reason: str) -> str:
+        return (
+            f"'{self.name}' is georeferenced only by ground control points and {reason}: no "
+            "GeoJSON or mask GeoTIFF was written. Warp it onto a grid first, e.g. "
+            "'gdalwarp -r near in.tif gridded.tif', and predict on that."
+        )
+
     def _read(self, reader):
         try:
             return reader()
@@ -195,8 +240,9 @@ class RasterSource:
             band_count=dataset.count,
             dtype=dataset.dtypes[self.bands[0] - 1],
             bands=self.bands,
-            crs=dataset.crs,
-            transform=dataset.transform,
+            crs=self._crs,
+            transform=self._transform,
+            georeference_note=self._georeference_note,
         )
 
     def read_window(

@@ -49,7 +49,9 @@ class StitchedPrediction:
         logits: float32 [N, H, W] blended logits (``-MASK_LOGIT`` where no tile was predicted,
             i.e. in tiles that were entirely invalid).
         masks: bool [N, H, W], ``logits > 0`` and valid.
-        scores: float [N], the mean sigmoid probability inside each mask (0 for an empty mask).
+        scores: float [N], the model's predicted IoU of each mask: the mean of the windows'
+            predicted IoUs weighted by the mask pixels each window predicted (the plain mean
+            where no window predicted any); for a single window, exactly the model's score.
         valid: bool [H, W] or ``None`` when every input pixel is valid.
     """
 
@@ -137,10 +139,18 @@ def predict_windows(
     """
     expressions = list(expressions)
     height, width = source.height, source.width
+    if window > 0 and not 0 <= overlap < window:
+        raise ValueError(f"overlap must be in [0, window), got overlap={overlap} window={window}")
     tiles = tile_grid(height, width, window, overlap)
     count = len(expressions)
+    # Memory: 4N + 4 bytes per pixel here (float32 logit and weight sums), N + 1 more for the
+    # bool masks and validity below; nothing else is held at full size.
     logit_sum = np.zeros((count, height, width), np.float32)
     weight_sum = np.zeros((height, width), np.float32)
+    score_sum = np.zeros(count, np.float64)  # predicted IoU x predicted mask pixels
+    pixel_sum = np.zeros(count, np.float64)
+    plain_sum = np.zeros(count, np.float64)
+    predicted_tiles = 0
     valid_all = None
     bar = tqdm(
         tiles, desc=f"predict {source.name}", unit="window", disable=not progress, leave=False
@@ -163,22 +173,24 @@ def predict_windows(
         weights = blend_weights(tile.height, tile.width, overlap if len(tiles) > 1 else 0)
         logit_sum[:, rows, cols] += logits * weights
         weight_sum[rows, cols] += weights
+        tile_scores = np.asarray(prediction.scores, np.float64).reshape(count)
+        pixels = np.count_nonzero(logits > 0, axis=(1, 2))
+        score_sum += tile_scores * pixels
+        pixel_sum += pixels
+        plain_sum += tile_scores
+        predicted_tiles += 1
         if on_tile is not None:
             on_tile(done, len(tiles))
     bar.close()
-    covered = weight_sum > 0
-    logits = np.divide(logit_sum, weight_sum, out=logit_sum, where=covered)
-    logits[:, ~covered] = -MASK_LOGIT
+    uncovered = weight_sum <= 0
+    weight_sum[uncovered] = 1.0
+    logits = np.divide(logit_sum, weight_sum, out=logit_sum)
+    del weight_sum
+    logits[:, uncovered] = -MASK_LOGIT
+    del uncovered
     masks = logits > 0
     if valid_all is not None:
         masks &= valid_all
-    return StitchedPrediction(logits, masks, mask_scores(logits, masks), valid_all)
-
-
-def mask_scores(logits: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """Mean sigmoid probability inside each mask; 0 for empty masks. float [N]."""
-    scores = np.zeros(len(masks), np.float64)
-    for i, (logit, mask) in enumerate(zip(logits, masks)):
-        if mask.any():
-            scores[i] = float(np.mean(1.0 / (1.0 + np.exp(-logit[mask].astype(np.float64)))))
-    return scores
+    plain = plain_sum / max(predicted_tiles, 1)
+    scores = np.where(pixel_sum > 0, score_sum / np.maximum(pixel_sum, 1), plain)
+    return StitchedPrediction(logits, masks, scores, valid_all)

@@ -7,12 +7,16 @@ GET       ``/``                               the page (``static/index.html``)
 GET       ``/static/app.js``, ``style.css``   its script and style (fixed names only)
 GET       ``/api/info``                       limits and model, for the page and for clients
 POST      ``/api/predict``                    multipart ``image`` file + ``expressions`` text
-                                              (one per line) -> JSON with download links
+                                              (one per line) [+ ``job`` id] -> JSON with
+                                              download links
+GET       ``/api/progress/{job}``             ``{phase, done, total}`` of a running request
 GET       ``/api/results/{id}/{name}``        one output file of a recent result
 ========  ==================================  ===============================================
 
 Errors are JSON ``{"detail": "..."}`` with 400 (bad image, bad form, no expression), 404, 413
-(upload over the limit), 503 (too many predictions queued) or 500 (logged, generic message).
+(upload, expression count or expression-pixels over the limit, naming it), 503 (too many
+predictions queued) or 500 (logged, generic message). The limits are checked before any work: the
+expression count before the image is read, expressions x pixels from the image header.
 Predictions run in worker threads, one at a time on the model (a lock), so the page, downloads and
 uploads keep being served while a large scene is segmented.
 """
@@ -21,8 +25,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
+from collections import OrderedDict
 from importlib import resources
 
 from fastapi import FastAPI, HTTPException, Request
@@ -40,6 +46,7 @@ from aerialseg.predict import (
     safe_stem,
     validate_expressions,
 )
+from aerialseg.predict.overlay import hex_color
 from aerialseg.predict.windows import Predictor
 from aerialseg.serve.limits import BodyTooLarge, UploadLimitMiddleware
 from aerialseg.serve.settings import ServeSettings
@@ -59,6 +66,36 @@ MEDIA_TYPES = {
     ".tif": "image/tiff",
 }
 MAX_EXPRESSIONS_BYTES = 64 * 1024
+JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+MAX_JOBS = 64
+
+
+class RequestTooLarge(ValueError):
+    """A request over one of the documented limits (answered with HTTP 413)."""
+
+
+class ProgressBoard:
+    """Progress of running requests by the client's job id (bounded, thread-safe)."""
+
+    def __init__(self) -> None:
+        self._jobs: OrderedDict[str, dict] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def update(self, job: str | None, phase: str, done: int = 0, total: int = 0) -> None:
+        if job is None:
+            return
+        with self._lock:
+            self._jobs[job] = {"phase": phase, "done": done, "total": total}
+            self._jobs.move_to_end(job)
+            while len(self._jobs) > MAX_JOBS:
+                self._jobs.popitem(last=False)
+
+    def get(self, job: str) -> dict | None:
+        with self._lock:
+            entry = self._jobs.get(job)
+            return dict(entry) if entry else None
+
+
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
@@ -110,21 +147,40 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
     )
     model_lock = threading.Lock()
     pending = threading.BoundedSemaphore(settings.max_pending)
+    progress = ProgressBoard()
     app.state.store = store
     app.state.settings = settings
 
-    def run_prediction(data: bytes, name: str, expressions: list[str]):
-        with (
-            open_raster(
-                data,
-                bands=options.bands,
-                percentiles=options.percentiles,
-                name=name,
-                max_pixels=options.max_pixels,
-            ) as source,
-            model_lock,
-        ):
-            return predict_source(source, expressions, predictor, options, safe_stem(name))
+    def check_expression_pixels(count: int, width: int, height: int) -> None:
+        pixels = count * width * height
+        if pixels > settings.max_expression_pixels:
+            raise RequestTooLarge(
+                f"{count} expressions x {width} x {height} pixels = {pixels:,} "
+                f"expression-pixels, more than the server's limit of "
+                f"{settings.max_expression_pixels:,} per request: send fewer expressions or a "
+                "smaller image"
+            )
+
+    def run_prediction(data: bytes, name: str, expressions: list[str], job: str | None):
+        with open_raster(
+            data,
+            bands=options.bands,
+            percentiles=options.percentiles,
+            name=name,
+            max_pixels=options.max_pixels,
+        ) as source:
+            check_expression_pixels(len(expressions), source.width, source.height)
+            progress.update(job, "queued")
+            with model_lock:
+                return predict_source(
+                    source,
+                    expressions,
+                    predictor,
+                    options,
+                    safe_stem(name),
+                    on_tile=lambda done, total: progress.update(job, "predict", done, total),
+                    on_phase=lambda phase: progress.update(job, phase),
+                )
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> HTMLResponse:
@@ -143,9 +199,19 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
             "checkpoint": os.path.basename(settings.checkpoint) if settings.checkpoint else None,
             "max_upload_bytes": settings.max_upload_bytes,
             "max_pixels": settings.max_pixels,
+            "max_expressions": settings.max_expressions,
+            "max_expression_pixels": settings.max_expression_pixels,
+            "text_length": getattr(predictor, "text_length", None),
             "window": settings.window,
             "overlap": settings.overlap,
         }
+
+    @app.get("/api/progress/{job}")
+    def job_progress(job: str) -> dict:
+        entry = progress.get(job) if JOB_ID.match(job) else None
+        if entry is None:
+            raise HTTPException(404, "no such running request")
+        return entry
 
     @app.post("/api/predict")
     async def predict(request: Request) -> JSONResponse:
@@ -158,7 +224,7 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
             )
         try:
             form = await request.form(
-                max_files=1, max_fields=2, max_part_size=MAX_EXPRESSIONS_BYTES
+                max_files=1, max_fields=3, max_part_size=MAX_EXPRESSIONS_BYTES
             )
         except BodyTooLarge:
             raise
@@ -171,21 +237,36 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
             upload = form.get("image")
             if not isinstance(upload, UploadFile):
                 raise HTTPException(400, "no image: send the file in the form field 'image'")
+            text = form.get("expressions")
+            if not isinstance(text, str):
+                raise HTTPException(
+                    400, "no expressions: send them in the form field 'expressions'"
+                )
+            try:
+                lines = [line for line in text.splitlines() if line.strip()]
+                expressions = validate_expressions(lines)
+            except ValueError as error:
+                raise HTTPException(400, str(error)) from error
+            if len(expressions) > settings.max_expressions:
+                raise HTTPException(
+                    413,
+                    f"{len(expressions)} expressions in one request, more than the server's "
+                    f"limit of {settings.max_expressions}: split them over several requests",
+                )
+            job = form.get("job")
+            job = job if isinstance(job, str) and JOB_ID.match(job) else None
             name = safe_filename(upload.filename or "upload")
             data = await upload.read()
-            text = form.get("expressions")
         finally:
             await form.close()
-        if not isinstance(text, str):
-            raise HTTPException(400, "no expressions: send them in the form field 'expressions'")
-        try:
-            expressions = validate_expressions([line for line in text.splitlines() if line.strip()])
-        except ValueError as error:
-            raise HTTPException(400, str(error)) from error
+        warnings = getattr(predictor, "truncation_warnings", lambda _: [])(expressions)
         if not pending.acquire(blocking=False):
             raise HTTPException(503, "the server is busy with other predictions; try again soon")
         try:
-            result = await run_in_threadpool(run_prediction, data, name, expressions)
+            progress.update(job, "read")
+            result = await run_in_threadpool(run_prediction, data, name, expressions, job)
+        except RequestTooLarge as error:
+            raise HTTPException(413, str(error)) from error
         except (InputImageError, ValueError) as error:
             raise HTTPException(400, str(error)) from error
         except Exception:
@@ -194,6 +275,7 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
             raise HTTPException(500, message) from None
         finally:
             pending.release()
+            progress.update(job, "done")
         result_id = store.add(result.files)
 
         def link(file_name: str) -> dict:
@@ -228,12 +310,22 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
                         "expression": expression,
                         "score": round(float(score), 4),
                         "area": int(mask.sum()),
+                        "area_m2": None if area_m2 is None else round(area_m2, 2),
+                        "color": hex_color(color),
                         "mask": link(mask_name),
                     }
-                    for index, (expression, score, mask, mask_name) in enumerate(
-                        zip(expressions, result.scores, result.masks, result.mask_files)
+                    for index, (expression, score, mask, area_m2, color, mask_name) in enumerate(
+                        zip(
+                            expressions,
+                            result.scores,
+                            result.masks,
+                            result.areas_m2,
+                            result.colors,
+                            result.mask_files,
+                        )
                     )
                 ],
+                "warnings": warnings + result.notes,
                 "overlay": link(result.outputs["overlay"]),
                 "downloads": [
                     dict(link(result.outputs[kind]), label=label)

@@ -15,14 +15,21 @@ from aerialseg.serve.settings import ServeSettings
 logger = logging.getLogger("aerialseg.serve")
 
 
-def serve(settings: ServeSettings) -> None:
-    """Load the model once, then serve the page until interrupted (``aerialseg serve``)."""
+def serve(settings: ServeSettings, predictor=None) -> None:
+    """Serve the page until interrupted (``aerialseg serve``); the model is loaded once, here
+    unless ``predictor`` is given."""
     from aerialseg.predict import build_predictor
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    predictor = build_predictor(
-        settings.config, settings.checkpoint, settings.device, settings.cfg_options
-    )
+    if predictor is None:
+        predictor = build_predictor(
+            settings.config,
+            settings.checkpoint,
+            settings.device,
+            settings.cfg_options,
+            pretrained_root=settings.pretrained_root,
+            allow_partial=settings.allow_partial,
+        )
     app = create_app(predictor, settings)
     if settings.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning(

@@ -21,7 +21,7 @@ from datagen.parallel import map_units
 from datagen.pipeline import run_pipeline
 from datagen.rules import run_rules
 from datagen.stage_state import StageError
-from datagen.storage import read_json
+from datagen.storage import read_json, read_rgb
 from tests.datagen.conftest import polygon_annotation, tiny_config, write_isaid_split
 
 REPO = Path(__file__).resolve().parents[2]
@@ -112,8 +112,8 @@ def test_killed_run_resumes_without_duplicates(reference, tmp_path):
 
 @pytest.mark.slow
 def test_export_reads_back_as_the_same_triplets(reference, tmp_path):
+    from aerialformats.aerial_d import read_patch_xml
     from aerialseg.datasets.aerial_d import AerialDDataset
-    from aerialseg.datasets.aerial_d_format import read_patch_xml
     from aerialseg.datasets.refer_io import load_coco_json, load_refs_pickle
 
     work = reference.work_path
@@ -163,7 +163,9 @@ def test_export_reads_back_as_the_same_triplets(reference, tmp_path):
         for image in images.glob("*.png"):
             source = "isaid" if image.name.startswith("P") else "loveda"
             original = work / "stages" / source / split / "images" / image.name
-            assert image.read_bytes() == original.read_bytes()
+            # The chain stores patches uncompressed; the release is the same pixels, compressed.
+            assert np.array_equal(read_rgb(image), read_rgb(original))
+            assert image.stat().st_size < original.stat().st_size
         extracted = tmp_path / "images" / split
         for image in extracted.glob("*.png"):
             assert image.read_bytes() == (images / image.name).read_bytes()
@@ -201,8 +203,8 @@ def test_export_reads_back_as_the_same_triplets(reference, tmp_path):
 
 @pytest.mark.slow
 def test_historic_variants_come_from_the_shared_filter(reference):
-    from aerialseg.datasets.transforms.historic import apply_historic_filter
-    from datagen.storage import read_rgb, stable_seed
+    from aerialformats.historic import apply_historic_filter
+    from datagen.storage import stable_seed
 
     variants = sorted((reference.work_path / "stages" / "historic").rglob("*.png"))
     assert variants
@@ -230,6 +232,25 @@ def test_historic_variants_come_from_the_shared_filter(reference):
             ]
             assert not np.array_equal(expected, swapped)
     assert modes <= {"bw", "bw_grain", "sepia"}
+
+
+@pytest.mark.slow
+def test_stage_patches_hold_the_source_windows_in_rgb(reference):
+    # The isaid stage works in OpenCV's BGR order; a swapped channel would show here.
+    work = reference.work_path
+    checked = 0
+    for split in ("train", "val"):
+        folder = work / "stages" / "isaid" / split
+        for path in sorted((folder / "annotations").glob("*.json"))[:4]:
+            patch = read_json(path)
+            x, y, w, h = patch["window"]
+            source = read_rgb(
+                reference.isaid_root() / split / "images" / "images" / patch["source_image"]
+            )
+            stored = read_rgb(folder / "images" / f"{patch['name']}.png")
+            assert np.array_equal(stored, source[y : y + h, x : x + w])
+            checked += 1
+    assert checked >= 4
 
 
 def _slow_double(payload):
@@ -292,5 +313,5 @@ def test_patches_without_expressions_never_cost_other_patches_their_files(make_c
     ]  # fmt: skip
     for name in ("P0000_x00000_y00000.png", "P0002_x00000_y00000.png"):
         source = work / "stages" / "isaid" / "train" / "images" / name
-        assert (exported / name).read_bytes() == source.read_bytes()
+        assert np.array_equal(read_rgb(exported / name), read_rgb(source))
     assert (work / "stages" / "isaid" / "train" / "images" / "P0001_x00000_y00000.png").is_file()

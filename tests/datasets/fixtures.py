@@ -266,9 +266,11 @@ def write_aerial_d_parquet(root: Path, patches: dict[str, list[PatchAnnotation]]
 
 
 def write_rrsisd(root: Path) -> dict:
-    """Three 40x40 images; refs: 2 train (one with two sentences), 1 val, 1 test, 1 empty sentence.
+    """Three 40x40 images; refs: 2 train (one with two sentences), 1 val, 1 test, 1 empty sentence
+    (ref 1), 1 ref of a split no loader serves (``testA``, ref 4). Two sentences' ``raw`` and
+    ``sent`` differ (case, punctuation).
 
-    Returns ``{split: [(img_id, target_id, expr_id, text, mask_pixels, category)]}``.
+    Returns ``{split: [(img_id, target_id, expr_id, raw text, mask_pixels, category)]}``.
     """
     size = 40
     images, annotations = [], []
@@ -297,29 +299,36 @@ def write_rrsisd(root: Path) -> dict:
     }
     (root / "instances.json").write_text(json.dumps(instances))
 
-    def sentence(sent_id, text):
-        return {"sent_id": sent_id, "sent": text, "raw": text, "tokens": text.split()}
+    def sentence(sent_id, raw, sent=None):
+        # REFER keeps the annotator's string as `raw` and a lower-cased, re-tokenised `sent`.
+        sent = raw if sent is None else sent
+        return {"sent_id": sent_id, "sent": sent, "raw": raw, "tokens": sent.split()}
 
     refs = [
         {"ref_id": 0, "ann_id": 1, "image_id": 1, "split": "train", "category_id": 1,
-         "sentences": [sentence(0, "the vehicle in the top left"), sentence(1, "a small car")]},
+         "sentences": [sentence(0, "The vehicle in the top-left.", "the vehicle in the top left"),
+                       sentence(1, "a small car")]},
         {"ref_id": 1, "ann_id": 2, "image_id": 1, "split": "train", "category_id": 1,
          "sentences": [sentence(2, "the vehicle in the middle"), sentence(3, "  ")]},
         {"ref_id": 2, "ann_id": 3, "image_id": 2, "split": "val", "category_id": 2,
          "sentences": [sentence(4, "the airplane at the bottom right")]},
         {"ref_id": 3, "ann_id": 4, "image_id": 3, "split": "test", "category_id": 1,
-         "sentences": [sentence(5, "the vehicle on the left edge")]},
+         "sentences": [sentence(5, "The vehicle on the LEFT edge", "the vehicle on the left edge")]
+        },
+        # A split no loader serves (RefCOCO's testA): reported in the log, never loaded.
+        {"ref_id": 4, "ann_id": 4, "image_id": 3, "split": "testA", "category_id": 1,
+         "sentences": [sentence(6, "the vehicle again")]},
     ]  # fmt: skip
     with open(root / "refs(unc).p", "wb") as stream:
         pickle.dump(refs, stream)
     return {
         "train": [
-            ("1", "1", "0", "the vehicle in the top left", 100, "vehicle"),
+            ("1", "1", "0", "The vehicle in the top-left.", 100, "vehicle"),
             ("1", "1", "1", "a small car", 100, "vehicle"),
             ("1", "2", "2", "the vehicle in the middle", 200, "vehicle"),
         ],
         "val": [("2", "3", "4", "the airplane at the bottom right", 400, "airplane")],
-        "test": [("3", "4", "5", "the vehicle on the left edge", 80, "vehicle")],
+        "test": [("3", "4", "5", "The vehicle on the LEFT edge", 80, "vehicle")],
     }
 
 
@@ -365,7 +374,8 @@ def write_refsegrs(root: Path) -> dict:
 
 def write_nwpu_refer(root: Path) -> dict:
     """Two images (40x60, HxW); polygon annotations; refs with a multi-target sentence (two refs
-    sharing it), a no-target ref, and a Chinese sentence.
+    sharing it), a no-target ref, a Chinese sentence, an empty sentence (ref 3) and a sentence
+    whose ``raw`` and ``sent`` differ (ref 3; expected texts are ``raw``).
 
     Returns ``{split: [(img_id, target_id, text, mask_pixels, subset, target_type)]}``.
     """
@@ -392,7 +402,9 @@ def write_nwpu_refer(root: Path) -> dict:
     (root / "new_instances.json").write_text(json.dumps(instances))
 
     def sentences(*texts):
-        return [{"sent": t, "raw": t, "sent_id": i} for i, t in enumerate(texts)]
+        # (raw, sent) pairs where they differ, plain strings where they do not.
+        pairs = [t if isinstance(t, tuple) else (t, t) for t in texts]
+        return [{"sent": sent, "raw": raw, "sent_id": i} for i, (raw, sent) in enumerate(pairs)]
 
     refs = [
         {"ref_id": 1, "ann_id": 11, "image_id": 1, "split": "train",
@@ -400,7 +412,7 @@ def write_nwpu_refer(root: Path) -> dict:
         {"ref_id": 2, "ann_id": 12, "image_id": 1, "split": "train",
          "sentences": sentences("the two cars at the top")},
         {"ref_id": 3, "ann_id": 13, "image_id": 1, "split": "train",
-         "sentences": sentences("the pond on the right")},
+         "sentences": sentences(("The pond on the right.", "the pond on the right"), "")},
         {"ref_id": 4, "ann_id": -1, "image_id": 2, "split": "train",
          "sentences": sentences("the airplane in the image")},
         {"ref_id": 5, "ann_id": 21, "image_id": 2, "split": "val",
@@ -412,7 +424,7 @@ def write_nwpu_refer(root: Path) -> dict:
     return {
         "train": [
             ("1", "11+12", "the two cars at the top", 200, "multi", "group"),
-            ("1", "13", "the pond on the right", 400, "single", "instance"),
+            ("1", "13", "The pond on the right.", 400, "single", "instance"),
             ("2", "none", "the airplane in the image", 0, "no_target", "instance"),
         ],
         "val": [("2", "21", "the pond in the top left", 400, "single", "instance")],

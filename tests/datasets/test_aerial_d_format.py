@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
-from aerialseg.datasets.aerial_d_format import (
+from aerialformats.aerial_d import (
     AerialDFormatError,
     Expression,
     RLEMask,

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import pickle
+import shutil
 
+import numpy as np
 import pytest
 from mmengine.registry import init_default_scope
 from mmseg.registry import DATASETS
+from PIL import Image
 
 from aerialseg.datasets import (
     AerialDDataset,
@@ -21,7 +26,9 @@ from aerialseg.datasets import (
     samples_from_patch,
 )
 from aerialseg.datasets.aerial_d_format import AerialDFormatError
+from aerialseg.datasets.masks import BinaryMaskEncodingWarning
 from tests.datasets.fixtures import (
+    box_mask,
     make_aerial_d_patches,
     write_aerial_d_parquet,
     write_aerial_d_xml,
@@ -266,13 +273,17 @@ def test_refsegrs_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="RefSegRS split file not found"):
         RefSegRSDataset(data_root=str(tmp_path), split="val")
     (tmp_path / "output_phrase_val.txt").write_text("12\n")
-    with pytest.raises(DatasetFormatError, match="line 1 has an image id but no expression"):
+    with pytest.raises(DatasetFormatError, match="has no samples"):
         RefSegRSDataset(data_root=str(tmp_path), split="val")
     (tmp_path / "output_phrase_val.txt").write_text("12 the building\n")
     (tmp_path / "masks" / "12.tif").write_bytes(b"II*\x00garbage")
+    with pytest.raises(DatasetFormatError, match=r"masks/12.tif: mask cannot be read"):
+        RefSegRSDataset(data_root=str(tmp_path), split="val")
+    # Masks are checked again when read (only the first one is opened when the split loads).
+    (tmp_path / "output_phrase_val.txt").write_text("11 the road\n12 the building\n")
     dataset = RefSegRSDataset(data_root=str(tmp_path), split="val", pipeline=PIPELINE)
-    with pytest.raises(ValueError, match="refsegrs 12/12/0: cannot load the target mask"):
-        dataset[0]
+    with pytest.raises(ValueError, match="refsegrs 12/12/1: cannot load the target mask"):
+        dataset[1]
 
 
 # -- NWPU-Refer ------------------------------------------------------------------------------------
@@ -384,6 +395,152 @@ def test_base_dataset_reads_contract_jsonl_and_validates(tmp_path):
     )
     assert isinstance(dataset, BaseReferringDataset)
     assert mask_pixels(dataset, 0) == 64
-    (tmp_path / "samples.jsonl").write_text(json.dumps({**sample, "text": " "}) + "\n")
+    (tmp_path / "samples.jsonl").write_text(json.dumps({**sample, "text": None}) + "\n")
     with pytest.raises(DatasetFormatError, match="has no text"):
         BaseReferringDataset(data_root=str(tmp_path), ann_file="samples.jsonl")
+
+
+# -- text field, strictness, provenance (issue 12) -------------------------------------------------
+
+
+@pytest.fixture
+def logged(monkeypatch):
+    """Messages the loaders log (base.py and refer_io.py), as (text, level) pairs."""
+    messages = []
+
+    def record(message, logger=None, level=logging.INFO):
+        messages.append((message, level))
+
+    monkeypatch.setattr("aerialseg.datasets.base.print_log", record)
+    monkeypatch.setattr("aerialseg.datasets.refer_io.print_log", record)
+    monkeypatch.setattr("aerialseg.datasets.refsegrs.print_log", record)
+    return messages
+
+
+def test_rrsisd_reads_raw_by_default_and_sent_on_request(tmp_path):
+    expected = write_rrsisd(tmp_path)
+    raw = RRSISDDataset(data_root=str(tmp_path), split="train")
+    assert [raw.get_data_info(i)["text"] for i in range(len(raw))] == [
+        row[3] for row in expected["train"]
+    ]
+    sent = RRSISDDataset(data_root=str(tmp_path), split="train", text_field="sent")
+    assert [sent.get_data_info(i)["text"] for i in range(len(sent))] == [
+        "the vehicle in the top left",
+        "a small car",
+        "the vehicle in the middle",
+    ]
+    assert raw.describe()["samples_sha256"] != sent.describe()["samples_sha256"]
+    assert raw.describe()["annotation_sha256"] == sent.describe()["annotation_sha256"]
+    with pytest.raises(ValueError, match="text_field must be one of"):
+        RRSISDDataset(data_root=str(tmp_path), text_field="tokens")
+
+
+def test_rrsisd_missing_text_field_names_the_ref(tmp_path):
+    write_rrsisd(tmp_path)
+    refs = pickle.loads((tmp_path / "refs(unc).p").read_bytes())
+    del refs[2]["sentences"][0]["raw"]
+    (tmp_path / "refs(unc).p").write_bytes(pickle.dumps(refs))
+    with pytest.raises(
+        DatasetFormatError, match=r"ref 2: sentence 4 has no 'raw' field .*text_field='sent'"
+    ):
+        RRSISDDataset(data_root=str(tmp_path), split="val")
+    assert len(RRSISDDataset(data_root=str(tmp_path), split="val", text_field="sent")) == 1
+
+
+def test_empty_sentences_are_counted_and_named_by_every_loader(tmp_path, logged):
+    write_rrsisd(tmp_path / "rrsisd")
+    dataset = RRSISDDataset(data_root=str(tmp_path / "rrsisd"), split="train")
+    assert dataset.empty_expressions == ["ref 1 sentence 3"]
+    assert any(
+        "skipped 1 empty expressions: ref 1 sentence 3" in m and level == logging.WARNING
+        for m, level in logged
+    )
+    assert dataset.describe()["empty_expressions_skipped"] == 1
+
+    write_nwpu_refer(tmp_path / "nwpu")
+    nwpu = NWPUReferDataset(data_root=str(tmp_path / "nwpu"), split="train")
+    assert nwpu.empty_expressions == ["ref 3 sentence 1"]
+
+    write_refsegrs(tmp_path / "refsegrs")
+    refsegrs = RefSegRSDataset(data_root=str(tmp_path / "refsegrs"), split="train")
+    (tmp_path / "refsegrs" / "output_phrase_train.txt").write_text("10 a car\n11\n")
+    refsegrs = RefSegRSDataset(data_root=str(tmp_path / "refsegrs"), split="train")
+    assert len(refsegrs) == 1 and refsegrs.empty_expressions == ["11/11/1"]
+
+
+def test_refs_with_foreign_splits_are_reported(tmp_path, logged):
+    write_rrsisd(tmp_path)
+    RRSISDDataset(data_root=str(tmp_path), split="test")
+    assert any("'testA': 1 refs (ids 4)" in m for m, _ in logged)
+
+
+def test_empty_refs_pickle_says_it_is_empty(tmp_path):
+    write_rrsisd(tmp_path)
+    (tmp_path / "refs(unc).p").write_bytes(pickle.dumps([]))
+    with pytest.raises(DatasetFormatError, match=r"refs\(unc\).p: the refs pickle is empty"):
+        RRSISDDataset(data_root=str(tmp_path))
+    (tmp_path / "refs(unc).p").write_bytes(b"")
+    with pytest.raises(DatasetFormatError, match=r"the refs pickle is empty \(0 bytes\)"):
+        RRSISDDataset(data_root=str(tmp_path))
+
+
+def test_nwpu_refer_sent_field(tmp_path):
+    write_nwpu_refer(tmp_path)
+    dataset = NWPUReferDataset(data_root=str(tmp_path), split="train", text_field="sent")
+    texts = [dataset.get_data_info(i)["text"] for i in range(len(dataset))]
+    assert "the pond on the right" in texts and "The pond on the right." not in texts
+
+
+def test_refsegrs_zero_one_masks_are_read_correctly_with_a_warning(tmp_path, logged):
+    expected = write_refsegrs(tmp_path)
+    for image_id in ("10", "11", "12"):
+        path = tmp_path / "masks" / f"{image_id}.tif"
+        mask = np.asarray(Image.open(path))
+        Image.fromarray((mask > 127).astype(np.uint8)).save(path)  # 0/1 instead of 0/255
+    dataset = RefSegRSDataset(data_root=str(tmp_path), split="train", pipeline=PIPELINE)
+    assert any("masks are stored as 0/1" in m and "10.tif" in m for m, _ in logged)
+    with pytest.warns(BinaryMaskEncodingWarning, match="0/1 instead of 0/255"):
+        pixels = [mask_pixels(dataset, i) for i in range(len(dataset))]
+    assert pixels == [row[3] for row in expected["train"]]
+
+
+def test_refsegrs_mask_below_threshold_is_an_error_not_empty(tmp_path):
+    write_refsegrs(tmp_path)
+    Image.fromarray(box_mask(32, 32, 0, 0, 8, 8) * 100).save(tmp_path / "masks" / "12.tif")
+    dataset = RefSegRSDataset(data_root=str(tmp_path), split="val", pipeline=PIPELINE)
+    with pytest.raises(ValueError, match=r"values up to 100, none above the foreground threshold"):
+        dataset[0]
+
+
+def test_urban1960_truncated_mask_names_its_file(tmp_path):
+    write_urban1960(tmp_path)
+    path = tmp_path / "Urban1960SatISP" / "mask_gt_ISP" / "a.png"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # cut inside the image data
+    with pytest.raises(DatasetFormatError, match=r"mask_gt_ISP/a.png: mask cannot be read"):
+        Urban1960Dataset(data_root=str(tmp_path), split="train")
+
+
+def test_describe_checksums_change_with_one_byte(tmp_path):
+    write_refsegrs(tmp_path)
+    dataset = RefSegRSDataset(data_root=str(tmp_path), split="test")
+    before = dataset.describe()
+    # The split file and the one mask it names, hashed independently here.
+    lines = sorted(
+        f"{name}\t{hashlib.sha256((tmp_path / name).read_bytes()).hexdigest()}"
+        for name in ("output_phrase_test.txt", "masks/11.tif")
+    )
+    assert before["annotation_sha256"] == hashlib.sha256("\n".join(lines).encode()).hexdigest()
+    assert (before["annotation_files"], before["samples"], before["split"]) == (2, 1, "test")
+    # Moving the dataset folder keeps its digests (paths are taken relative to data_root).
+    moved = shutil.copytree(tmp_path, tmp_path.parent / f"{tmp_path.name}_moved")
+    described = RefSegRSDataset(data_root=str(moved), split="test").describe()
+    assert described["annotation_sha256"] == before["annotation_sha256"]
+    assert described["samples_sha256"] == before["samples_sha256"]
+    mask = tmp_path / "masks" / "11.tif"
+    pixels = np.asarray(Image.open(mask)).copy()
+    pixels[0, 0, 0] = 255
+    Image.fromarray(pixels).save(mask)
+    after = RefSegRSDataset(data_root=str(tmp_path), split="test").describe()
+    assert after["annotation_sha256"] != before["annotation_sha256"]
+    assert after["samples_sha256"] == before["samples_sha256"]

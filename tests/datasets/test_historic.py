@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aerialseg.datasets.transforms.historic import HistoricFilter, apply_historic_filter
+from aerialformats.historic import apply_historic_filter
+from aerialseg.datasets.transforms.historic import HistoricFilter
 
 
 def solid(rgb, size=4):

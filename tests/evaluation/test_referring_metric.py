@@ -141,10 +141,14 @@ def test_summarize_ious_is_vectorised_over_many_samples():
 
 
 def test_output_dir_writes_per_sample_records(tmp_path):
-    evaluate(ReferringMetric(output_dir=str(tmp_path)), four_samples())
-    records = [
-        json.loads(line) for line in (tmp_path / "per_sample.jsonl").read_text().splitlines()
-    ]
+    metric = ReferringMetric(output_dir=str(tmp_path))
+    metric.provenance = {"checkpoint": {"sha256": "abc"}}
+    evaluate(metric, four_samples())
+    lines = [json.loads(line) for line in (tmp_path / "per_sample.jsonl").read_text().splitlines()]
+    header, records = lines[0], lines[1:]
+    assert header["provenance"]["checkpoint"] == {"sha256": "abc"}
+    assert header["provenance"]["protocol"]["name"] == "original_resolution"
+    assert header["provenance"]["protocol"]["threshold_comparison"] == ">="
     assert [r["img_id"] for r in records] == ["a", "b", "c", "d"]
     assert [r["iou"] for r in records] == pytest.approx([2 / 3, 1.0, 0.0, 0.5])
     assert records[0]["pred_rle"]["size"] == [6, 6]

@@ -200,7 +200,11 @@ def test_no_code_loads_checkpoints_with_weights_only_false():
         for path in (REPO / folder).glob("**/*.py")
     ]
     assert sources, "no project sources found"
-    offenders = [str(p.relative_to(REPO)) for p in sources if pattern.search(p.read_text())]
+
+    def code(path) -> str:  # comments may name the flag (e.g. to explain this very check)
+        return "\n".join(line.split("#", 1)[0] for line in path.read_text().splitlines())
+
+    offenders = [str(p.relative_to(REPO)) for p in sources if pattern.search(code(p))]
     assert offenders == [], f"checkpoint loading with weights_only switched off in {offenders}"
 
 

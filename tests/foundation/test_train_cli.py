@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -39,6 +40,13 @@ def test_train_then_resume_through_the_command_line(tmp_path, monkeypatch, capfd
     assert resumed.iter == 4
     final = safe_torch_load(tmp_path / "work" / "iter_4.pth")
     assert final["meta"]["iter"] == 4
+    # the sha256 of the frozen pretrained files travels with every checkpoint
+    recorded = final["meta"]["pretrained_files"]
+    assert (
+        recorded["sam.checkpoint"]["sha256"]
+        == hashlib.sha256((tmp_path / "checkpoints/tiny/sam_tiny.pth").read_bytes()).hexdigest()
+    )
+    assert recorded["vlm.pretrained"]["resolved"] == str(tmp_path / "checkpoints/tiny/siglip")
     # The message hub carries the losses of both runs: 2 logged before the stop, 2 after.
     loss_history = final["message_hub"]["log_scalars"]["train/loss"]
     assert len(loss_history.data[0]) == 4
@@ -96,3 +104,88 @@ def test_resume_flag_forms(tmp_path):
     assert cfg.resume is True and cfg.load_from == str(checkpoint)
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         apply_resume(cfg, str(tmp_path / "missing.pth"))
+
+
+def test_missing_files_are_listed_at_once_before_any_config_dump(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # none of the tiny config's relative files exist here
+    monkeypatch.delenv("AERIALSEG_CHECKPOINTS", raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        train_main([str(TINY_CONFIG), "--work-dir", "work"])
+    assert exit_.value.code == 2
+    captured = capsys.readouterr()
+    error = captured.err.strip()
+    assert len(error.splitlines()) == 1 and captured.out == ""  # one line, no config dump
+    for missing in (
+        "checkpoints/tiny/siglip",
+        "checkpoints/tiny/sam_tiny.pth",
+        "data/tiny_aerial_d",
+    ):
+        assert missing in error
+    assert "AERIALSEG_CHECKPOINTS" in error and not (tmp_path / "work").exists()
+
+
+def test_pretrained_files_are_found_under_the_checkpoints_root(tmp_path, monkeypatch):
+    from aerialseg.engine.launch import check_run_files
+
+    root = tmp_path / "shared-checkpoints"
+    paths = write_tiny_checkpoints(root)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AERIALSEG_CHECKPOINTS", str(root))
+    cfg = load_config(str(TINY_CONFIG))
+    check_run_files(cfg, loaders=())
+    assert cfg.model.vlm.pretrained == paths.vlm_path
+    assert cfg.model.sam.checkpoint == paths.sam_path
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        ("trian_cfg.max_iters=3", "'trian_cfg' (did you mean 'train_cfg'?)"),
+        ("nonsense=1", "'nonsense'"),
+    ],
+)
+def test_unknown_top_level_cfg_options_are_refused(tmp_path, capsys, option, message):
+    with pytest.raises(SystemExit) as exit_:
+        train_main([str(TINY_CONFIG), "--work-dir", str(tmp_path / "w"), "--cfg-options", option])
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err
+    assert message in error and "unknown top-level config key" in error
+    # keys the runner reads are accepted although the config does not set them
+    assert load_config(str(TINY_CONFIG), cfg_options={"resume": True}).resume is True
+
+
+def test_seed_flag_sets_the_runner_randomness(tmp_path, monkeypatch):
+    captured = {}
+
+    def fake_runner(cfg):
+        captured.update(cfg.randomness)
+        raise SystemExit(0)
+
+    monkeypatch.setattr("aerialseg.engine.launch.check_run_files", lambda cfg, loaders: None)
+    monkeypatch.setattr("aerialseg.engine.launch.build_runner", fake_runner)
+    with pytest.raises(SystemExit):
+        train_main(
+            [str(TINY_CONFIG), "--seed", "7", "--deterministic", "--work-dir", str(tmp_path)]
+        )
+    assert captured == {"seed": 7, "deterministic": True}
+
+
+def test_dist_train_uses_the_project_python_when_there_is_one():
+    import socket
+
+    script = (REPO / "tools" / "dist_train.sh").read_text()
+    assert ".venv/bin/python" in script
+    with socket.socket() as probe:  # a free port for torchrun's store
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    result = subprocess.run(
+        ["bash", str(REPO / "tools" / "dist_train.sh"), str(TINY_CONFIG), "1", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={k: v for k, v in os.environ.items() if k != "PYTHON"}
+        | {"PATH": "/usr/bin:/bin", "PORT": port, "OMP_NUM_THREADS": "1"},
+    )
+    # found torch through the project's venv although no python with torch is on the PATH
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--seed" in result.stdout

@@ -46,7 +46,7 @@ def test_batch_round_trip_merges_answers_and_prices_them_with_the_discount(datas
         assert job.submit(client) == []
         assert {p["status"] for p in job.status(client)} == {"in_progress"}
         counts, summary = job.collect(files, client)
-        assert counts == {"stored": 12, "errors": 0, "parts_collected": 3}
+        assert counts == {"stored": 12, "errors": 0, "missing": 0, "parts_collected": 3}
         assert (summary.ok, summary.failed, summary.requests_sent) == (9, 3, 0)
         assert summary.failure_reasons == {"invalid_json": 3}
         record = Ledger(dataset / "work" / "ledger.jsonl").latest()[
@@ -72,6 +72,7 @@ def test_batch_round_trip_merges_answers_and_prices_them_with_the_discount(datas
         for u, share in ((usage["api"], 1.0), (usage["batch"], 0.5))
     )
     assert report["cost_usd"] == pytest.approx(expected, rel=1e-6) and expected > 0
+    assert report["batch_errors"] == {} and report["possibly_billed_timeouts"] == 0
 
     assert main(["report", "--work-dir", str(dataset / "work")]) == 0
     text = capsys.readouterr().out
@@ -86,7 +87,7 @@ def test_report_counts_failure_reasons(dataset):
     report = build_report(dataset / "work")
     assert (report["ok"], report["failed"]) == (0, 12)
     assert report["failure_reasons"] == {"truncated": 12}
-    assert report["cost_usd"] == 0.0  # no prices given
+    assert report["cost_usd"] is None  # no price table: unknown, never $0
     with pytest.raises(FileNotFoundError, match="no ledger"):
         build_report(dataset / "elsewhere")
 

@@ -164,7 +164,12 @@ def test_rate_limits_server_errors_and_timeouts_are_retried(dataset):
         "train/annotations/P0000_patch_000000#group/1000001"
     ]
     assert record["attempts"] == [
-        {"key": record["attempts"][0]["key"], "sample": 0, "error": "server_error"}
+        {
+            "key": record["attempts"][0]["key"],
+            "sample": 0,
+            "error": "server_error",
+            "transport_errors": {"server_error": 2},  # retried twice, then given up
+        }
     ]
 
 

@@ -6,19 +6,19 @@ import json
 
 import pytest
 import torch
+from gemma3_layouts import vllm_parameter_name, vllm_parameters
 from llm_fixtures import make_config
 
 from llm.cli import main
 from llm.enhance import RunOptions, enhance
 from llm.finetune import (
     CompletionOnlyCollator,
-    FinetuneConfig,
     QuantizationSettings,
     SftData,
     load_model,
     merge_adapter,
-    run_finetune,
 )
+from llm.gemma3_checkpoint import checkpoint_keys
 from llm.loopback_server import LoopbackServer, Reply, prompt_fields, well_formed_reply
 from llm.prompt import build_prompt
 from llm.render import render_enhance_target
@@ -99,28 +99,20 @@ def test_labels_cover_only_the_assistant_turn(sft_set, tiny_gemma3):
 
 
 @pytest.mark.slow
-def test_qlora_nf4_loss_falls_and_adapter_reloads_and_merges(sft_set, tiny_gemma3, tmp_path):
+def test_shipped_tiny_config_trains_nf4_reloads_and_merges(sft_set, tmp_path, capsys):
+    """`llm finetune --config tiny --merge-to`: the CPU smoke run of the whole path."""
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     _, _, folder, _ = sft_set
-    config = FinetuneConfig.model_validate(
-        {
-            "base_model": str(tiny_gemma3),
-            "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
-            "train": {
-                "max_steps": 5,
-                "batch_size": 2,
-                "grad_accum": 1,
-                "learning_rate": 5e-3,
-                "warmup_ratio": 0.0,
-                "max_length": 2048,
-            },
-            "eval": {"sample_generations": 1, "max_new_tokens": 8},
-        }
-    )
-    out = tmp_path / "run"
-    manifest = run_finetune(config, folder, out)
+    out, merged_dir = tmp_path / "run", tmp_path / "merged"
+    command = ["finetune", "--config", "tiny", "--data", str(folder), "--out", str(out)]
+    assert main([*command, "--merge-to", str(merged_dir)]) == 0
+    assert f"merged checkpoint: {merged_dir}" in capsys.readouterr().out
+    manifest = json.loads((out / "manifest.json").read_text())
+    tiny_base = out / "tiny-base"  # written by the run: base_model "tiny"
+    assert manifest["config"]["base_model"] == "tiny"
+    assert manifest["base_model"] == str(tiny_base)
     losses = manifest["train_losses"]
     assert len(losses) == 5 and losses[-1] < losses[0]
     assert manifest["linear_4bit_modules"] > 0  # NF4 really on
@@ -131,7 +123,7 @@ def test_qlora_nf4_loss_falls_and_adapter_reloads_and_merges(sft_set, tiny_gemma
 
     processor = AutoProcessor.from_pretrained(out / "adapter")
     batch = CompletionOnlyCollator(processor)([SftData.load(folder, "train")[i] for i in (0, 1)])
-    quantized = load_model(str(tiny_gemma3), QuantizationSettings())
+    quantized = load_model(str(tiny_base), QuantizationSettings())
     reloaded = PeftModel.from_pretrained(quantized, out / "adapter").eval()
     with torch.no_grad():
         tuned = reloaded(**batch).loss
@@ -139,13 +131,16 @@ def test_qlora_nf4_loss_falls_and_adapter_reloads_and_merges(sft_set, tiny_gemma
             base = reloaded(**batch).loss
     assert tuned < base
 
-    merged_dir = merge_adapter(out / "adapter", tmp_path / "merged", dtype="float32")
-    merged = AutoModelForImageTextToText.from_pretrained(merged_dir, dtype=torch.float32).eval()
+    # The merged folder (bf16, the default) is the hub layout vLLM loads.
+    keys = checkpoint_keys(merged_dir)
+    assert {vllm_parameter_name(key) for key in keys} == vllm_parameters(1, 2)
+    merged_fp32 = merge_adapter(out / "adapter", tmp_path / "merged32", dtype="float32")
+    merged = AutoModelForImageTextToText.from_pretrained(merged_fp32, dtype=torch.float32).eval()
     unmerged = PeftModel.from_pretrained(
-        AutoModelForImageTextToText.from_pretrained(tiny_gemma3, dtype=torch.float32),
+        AutoModelForImageTextToText.from_pretrained(tiny_base, dtype=torch.float32),
         out / "adapter",
     ).eval()
     with torch.no_grad():
         expected = unmerged(**batch).logits
         assert torch.allclose(merged(**batch).logits, expected, atol=1e-4)
-    assert json.loads((merged_dir / "merge_manifest.json").read_text())["training"]["train_losses"]
+    assert json.loads((merged_fp32 / "merge_manifest.json").read_text())["training"]["train_losses"]

@@ -4,13 +4,21 @@ shuffled-expression control set."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from aerialseg.demo import CONTROL_SET, TEST_SET, ShuffledExpressionDataset, run_demo
+from aerialseg.demo import (
+    CONTROL_SET,
+    TEST_SET,
+    ShuffledExpressionDataset,
+    apply_cpu_plan,
+    cpu_plan,
+    run_demo,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -57,6 +65,52 @@ def test_shuffled_expression_dataset_gives_every_sample_another_samples_text(tmp
         assert all(control.get_data_info(i)["text"] != repeated[i] for i in range(9))
 
 
+AUTO = dict(torch=1, datagen_workers="auto", dataloader_workers=0)
+
+
+@pytest.mark.parametrize(
+    ("cores", "load", "expected"),
+    [
+        (2, 0.1, 2),  # idle: both cores
+        (2, 1.2, 1),  # one busy process
+        (2, 2.0, 1),  # two busy processes (the issue's machine): never fewer than 1
+        (2, 6.5, 1),
+        (16, 3.0, 4),  # many idle cores: capped by datagen.workers
+    ],
+)
+def test_cpu_plan_leaves_busy_cores_alone(cores, load, expected):
+    plan = cpu_plan(AUTO, max_datagen_workers=4 if cores == 16 else 2, cores=cores, load=load)
+    assert plan["datagen_workers"] == expected
+    assert plan["torch"] == 1 and plan["dataloader_workers"] == 0
+
+
+def test_cpu_plan_takes_explicit_counts_and_refuses_bad_ones():
+    plan = cpu_plan(dict(torch=2, datagen_workers=3, dataloader_workers=1), 8, cores=2, load=5.0)
+    assert (plan["torch"], plan["datagen_workers"], plan["dataloader_workers"]) == (2, 3, 1)
+    with pytest.raises(ValueError, match="datagen_workers"):
+        cpu_plan(dict(datagen_workers=0), 2, cores=2, load=0.0)
+    with pytest.raises(ValueError, match="threads.torch"):
+        cpu_plan(dict(torch=0), 2, cores=2, load=0.0)
+
+
+def test_apply_cpu_plan_pins_torch_opencv_and_child_processes(monkeypatch):
+    import cv2
+    import torch
+
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        monkeypatch.setenv(name, "7")
+    before_torch, before_cv2 = torch.get_num_threads(), cv2.getNumThreads()
+    try:
+        apply_cpu_plan(cpu_plan(AUTO, 2, cores=2, load=3.0))
+        assert torch.get_num_threads() == 1
+        assert cv2.getNumThreads() == 1
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            assert os.environ[name] == "1"
+    finally:
+        torch.set_num_threads(before_torch)
+        cv2.setNumThreads(before_cv2)
+
+
 @pytest.mark.slow
 def test_demo_runs_end_to_end_at_a_small_size(tmp_path, capsys):
     work = tmp_path / "demo"
@@ -83,6 +137,7 @@ def test_demo_runs_end_to_end_at_a_small_size(tmp_path, capsys):
     assert "test mIoU" in printed and "control" in printed and str(work / "overlays") in printed
 
     assert json.loads((work / "summary.json").read_text()) == summary
+    assert summary["cpu_plan"]["torch"] == 1 and summary["cpu_plan"]["datagen_workers"] == 1
     assert 0.0 <= summary["test_mIoU"] <= 100.0 and 0.0 <= summary["control_mIoU"] <= 100.0
     assert summary["test_samples"] > 0
     assert summary["train_loss_last"] < summary["train_loss_first"]

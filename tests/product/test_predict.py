@@ -28,6 +28,7 @@ from aerialseg.predict import (
     tile_grid,
 )
 from tests.product.scenes import (
+    COLOURS,
     CRS,
     ORIGIN,
     PIXEL,
@@ -86,7 +87,16 @@ def test_windowed_prediction_equals_whole_image_prediction(tmp_path, colour_pred
     np.testing.assert_array_equal(tiled.masks[1], blue)
     np.testing.assert_array_equal(tiled.masks, whole.masks)
     np.testing.assert_allclose(tiled.logits, whole.logits, atol=1e-5)
-    np.testing.assert_allclose(tiled.scores, 1 / (1 + np.exp(-4.0)), rtol=1e-6)
+    # one window: the model's own score; several: the windows' scores weighted by the mask
+    # pixels each predicted (recomputed here from the windows the predictor was given)
+    np.testing.assert_allclose(whole.scores, [5000 / 300_000, 6900 / 300_000])
+    for index, colour in enumerate(["red", "blue"]):
+        pixels = np.array(
+            [(image == COLOURS[colour]).all(-1).sum() for image in colour_predictor.images]
+        )
+        window_scores = pixels / (128 * 128)
+        expected = (window_scores * pixels).sum() / pixels.sum()
+        assert tiled.scores[index] == pytest.approx(expected, rel=1e-9)
 
 
 class TileConstantPredictor:
@@ -123,7 +133,7 @@ def test_cli_geotiff_polygons_land_at_crs_coordinates(tmp_path, monkeypatch, cap
     argv = ["predict", path, "-e", "red", "-e", "blue", "--out-dir", str(out)]
     argv += ["--window", "256", "--overlap", "64", "--no-progress", "--checkpoint", path]
     assert main(argv) == 0
-    assert "'red': 5000 px" in capsys.readouterr().out
+    assert "'red': 5000 px, 1,250.0 m2" in capsys.readouterr().out
     assert sorted(os.listdir(out)) == [
         "scene.geojson",
         "scene.mask-0-red.png",
@@ -147,7 +157,13 @@ def test_cli_geotiff_polygons_land_at_crs_coordinates(tmp_path, monkeypatch, cap
         y0 - 100 * PIXEL,
     )
     assert red_polygon.area == pytest.approx(100 * 50 * PIXEL**2)
-    assert red[0]["properties"]["area"] == pytest.approx(1250.0)
+    # metres in UTM: 100 x 50 pixels of 0.5 m = 50 m x 25 m
+    assert red[0]["properties"]["area_px"] == 5000
+    assert red[0]["properties"]["area_m2"] == pytest.approx(1250.0)
+    assert red[0]["properties"]["perimeter_m"] == pytest.approx(2 * (50 + 25))
+    # blue: 35 m x 50 m with a 5 m x 5 m hole; the perimeter counts the hole's ring too
+    assert blue[0]["properties"]["area_m2"] == pytest.approx(35 * 50 - 5 * 5)
+    assert blue[0]["properties"]["perimeter_m"] == pytest.approx(2 * (35 + 50) + 4 * 5)
     blue_polygon = shape(blue[0]["geometry"])
     assert blue_polygon.bounds == (
         x0 + 50 * PIXEL,
@@ -274,6 +290,7 @@ def test_cli_bad_image_names_file_and_keeps_other_outputs(
     earlier = out / f"{bad.stem}.predictions.json"
     earlier.write_text("earlier result")
     argv = ["predict", str(bad), good, "-e", "red", "--out-dir", str(out), "--no-progress"]
+    argv += ["--checkpoint", good]  # any existing file: build_predictor is replaced
     assert main(argv) == 1
     error = capsys.readouterr().err
     assert f"'{bad}'" in error and message in error
@@ -288,22 +305,72 @@ def test_cli_bad_image_names_file_and_keeps_other_outputs(
         (["-e", "red", "-e", "  "], "expression 2 is empty"),
         ([], "no expression given"),
         (["-e", "red", "--bands", "4,x,2"], "--bands expects 1 or 3 comma-separated"),
+        (["-e", "red", "--window", "128", "--overlap", "128"], "must be smaller than --window"),
+        (["-e", "red", "--overlap", "-1"], "--overlap must be >= 0"),
+        (["-e", "red", "--percentiles", "50", "10"], "--percentiles must satisfy"),
+        (["-e", "red", "--expressions-file", "/nonexistent/list.txt"], "cannot be read"),
+        (["-e", "red", "--checkpoint", "/nonexistent/iter_9.pth"], "does not exist"),
+        (["-e", "red", "--no-progress"], "give --checkpoint"),
     ],
 )
 def test_cli_bad_expressions_and_options(tmp_path, monkeypatch, capsys, argv, message):
-    monkeypatch.setattr("aerialseg.predict.build_predictor", lambda *a, **k: ColourPredictor())
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model must not be loaded for a bad argument")
+
+    monkeypatch.setattr("aerialseg.predict.build_predictor", no_model)
     path = write_geotiff(tmp_path / "scene.tif", colour_scene(32, 32))
     try:
         code = main(["predict", path, "--out-dir", str(tmp_path / "out"), *argv])
     except SystemExit as exit_:  # argparse errors
         code = exit_.code
     assert code == 2
-    assert message in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert message in error
+    if not error.startswith("usage:"):  # argparse's own errors come with the usage text
+        assert error.count("\n") == 1 and error.startswith("aerialseg predict: error: ")
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_unwritable_out_dir_is_a_usage_error_before_the_model(tmp_path, monkeypatch, capsys):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model must not be loaded for a bad argument")
+
+    monkeypatch.setattr("aerialseg.predict.build_predictor", no_model)
+    path = write_geotiff(tmp_path / "scene.tif", colour_scene(32, 32))
+    blocker = tmp_path / "results.txt"
+    blocker.write_text("an earlier file")
+    for out_dir, message in (
+        (blocker, "is a file, not a folder"),
+        (blocker / "sub", "not writable"),
+    ):
+        code = main(["predict", path, "-e", "red", "--out-dir", str(out_dir), "--checkpoint", path])
+        error = capsys.readouterr().err
+        assert code == 2 and message in error and len(error.strip().splitlines()) == 1
+    assert blocker.read_text() == "an earlier file"
+
+
+def test_cli_results_on_stdout_progress_and_logs_on_stderr(tmp_path, monkeypatch, capsys):
+    from mmengine.logging import print_log
+
+    def loading_model(*args, **kwargs):
+        print_log("ClipSAM parameters (trainable / total):", logger="current")
+        print("a stray print while loading")
+        return ColourPredictor()
+
+    monkeypatch.setattr("aerialseg.predict.build_predictor", loading_model)
+    path = write_geotiff(tmp_path / "scene.tif", colour_scene(64, 64))
+    argv = ["predict", path, "-e", "red", "--out-dir", str(tmp_path / "out"), "--checkpoint", path]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "ClipSAM parameters" not in captured.out and "stray print" not in captured.out
+    assert "ClipSAM parameters" in captured.err and "stray print" in captured.err
+    assert "writing masks, overlay and GeoJSON" in captured.err  # after the progress bar
+    assert captured.out.splitlines()[0] == f"{path}: 64 x 64 px"
 
 
 def test_cli_missing_image(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("aerialseg.predict.build_predictor", lambda *a, **k: ColourPredictor())
     missing = tmp_path / "nowhere.tif"
-    assert main(["predict", str(missing), "-e", "red", "--out-dir", str(tmp_path)]) == 1
+    argv = ["predict", str(missing), "-e", "red", "--out-dir", str(tmp_path)]
+    assert main([*argv, "--checkpoint", str(tmp_path)]) == 1
     assert f"'{missing}': input image not found" in capsys.readouterr().err

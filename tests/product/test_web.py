@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from shapely.geometry import shape
 
+from aerialseg.predict.overlay import PALETTE
 from aerialseg.serve import BackgroundServer, ServeSettings, create_app
 from tests.product.scenes import ORIGIN, PIXEL, colour_scene, multipart, png_bytes, write_geotiff
 
@@ -140,6 +141,20 @@ def test_page_segments_a_geotiff_and_offers_its_downloads(page, server, tmp_path
     assert status == 200
     geojson = json.loads(data)
     assert geojson["crs"]["properties"]["name"] == "urn:ogc:def:crs:EPSG::32633"
+    for index in range(2):
+        cells = rows.nth(index).locator("td")
+        # the swatch has the colour of the expression's overlay tint (same palette entry)
+        swatch = (
+            cells.nth(0).locator(".swatch").evaluate("e => getComputedStyle(e).backgroundColor")
+        )
+        assert swatch == "rgb({}, {}, {})".format(*PALETTE[index])
+        # ground area from the GeoJSON's metres, in m² below a hectare and ha above
+        area = sum(
+            f["properties"]["area_m2"]
+            for f in geojson["features"]
+            if f["properties"]["expression_index"] == index
+        )
+        assert cells.nth(5).inner_text() == format_area(area)
     x0, y0 = ORIGIN
     scene_bounds = (x0, y0 - 500 * PIXEL, x0 + 600 * PIXEL, y0)
     for feature in geojson["features"]:
@@ -153,6 +168,31 @@ def test_page_segments_a_geotiff_and_offers_its_downloads(page, server, tmp_path
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shutil.copy(screenshot, ARTIFACTS / "web-page.png")
     assert screenshot.stat().st_size > 10_000
+
+
+def format_area(m2: float) -> str:
+    if m2 < 10_000:
+        return f"{round(m2):,} m²"
+    return f"{m2 / 10_000:,.2f}".rstrip("0").rstrip(".") + " ha"
+
+
+def test_page_shows_window_progress_of_a_large_scene(browser, web_predictor, tmp_path):
+    probe = SerialisationProbe(web_predictor, delay=0.3)
+    settings = ServeSettings(window=64, overlap=16)
+    with BackgroundServer(create_app(probe, settings)) as running:
+        context = browser.new_context(viewport={"width": 1100, "height": 900})
+        page = context.new_page()
+        page.goto(running.url + "/")
+        page.set_input_files("#file", write_geotiff(tmp_path / "big.tif", colour_scene(160, 160)))
+        page.fill("#expressions", "red")
+        page.click("#submit")
+        page.wait_for_function(
+            "() => /window [1-9]\\d* \\/ 9/.test(document.getElementById('status').textContent)",
+            timeout=60_000,
+        )
+        page.wait_for_selector("#result", state="visible", timeout=60_000)
+        assert page.inner_text("#status").startswith("Done in")
+        context.close()
 
 
 def test_pasted_image_is_segmented(page):

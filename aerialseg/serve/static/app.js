@@ -36,16 +36,35 @@ function link(file, label) {
   return a;
 }
 
+// Ground area: m² below one hectare, hectares above; "–" when the image has no known CRS.
+function formatArea(m2) {
+  if (m2 === null || m2 === undefined) return "–";
+  if (m2 < 10000) return `${Math.round(m2).toLocaleString("en")} m²`;
+  return `${(m2 / 10000).toLocaleString("en", { maximumFractionDigits: 2 })} ha`;
+}
+
 function showResult(data) {
   $("result-title").textContent =
     `${data.image.name}: ${data.image.width} x ${data.image.height} px` +
     (data.image.crs ? `, ${data.image.crs}` : "") + ` (${data.elapsed_s.toFixed(2)} s)`;
   $("overlay").src = data.overlay.url;
+  const warnings = data.warnings || [];
+  $("warnings").textContent = warnings.join("\n");
+  $("warnings").hidden = warnings.length === 0;
   const body = $("predictions").querySelector("tbody");
   body.replaceChildren();
   for (const p of data.predictions) {
     const row = document.createElement("tr");
-    for (const value of [p.index, p.expression, p.score.toFixed(3), p.area]) {
+    const swatchCell = document.createElement("td");
+    const swatch = document.createElement("span");
+    swatch.className = "swatch";
+    swatch.style.backgroundColor = p.color; // CSSOM, allowed by the style-src policy
+    swatch.title = p.color;
+    swatchCell.appendChild(swatch);
+    row.appendChild(swatchCell);
+    const values = [p.index, p.expression, p.score.toFixed(3), p.area.toLocaleString("en"),
+      formatArea(p.area_m2)];
+    for (const value of values) {
       const cell = document.createElement("td");
       cell.textContent = String(value);
       row.appendChild(cell);
@@ -68,12 +87,21 @@ async function submit(event) {
     showError("Choose, drop or paste an image first.");
     return;
   }
+  const count = $("expressions").value.split("\n").filter((l) => l.trim()).length;
+  if (limits.max_expressions && count > limits.max_expressions) {
+    showError(`${count} expressions: the server takes at most ${limits.max_expressions} per request.`);
+    return;
+  }
+  const job = Array.from(crypto.getRandomValues(new Uint8Array(16)),
+    (b) => b.toString(16).padStart(2, "0")).join("");
   const form = new FormData();
   form.append("image", currentFile, currentFile.name || "pasted.png");
   form.append("expressions", $("expressions").value);
+  form.append("job", job);
   $("submit").disabled = true;
-  $("status").textContent = "Segmenting…";
+  $("status").textContent = "Uploading…";
   const started = performance.now();
+  const poll = setInterval(() => showProgress(job), 500);
   try {
     const response = await fetch("/api/predict", { method: "POST", body: form });
     let data = null;
@@ -94,9 +122,32 @@ async function submit(event) {
     showError(`Could not reach the server: ${error.message}`);
     $("status").textContent = "";
   } finally {
+    clearInterval(poll);
     $("submit").disabled = false;
   }
 }
+
+const PHASES = {
+  read: "Reading the image…",
+  queued: "Waiting for the model…",
+  export: "Writing masks, overlay and GeoJSON…",
+};
+
+async function showProgress(job) {
+  try {
+    const response = await fetch(`/api/progress/${job}`);
+    if (!response.ok || !$("submit").disabled) return;
+    const p = await response.json();
+    if (!$("submit").disabled || p.phase === "done") return;
+    $("status").textContent = p.phase === "predict" && p.total
+      ? `Segmenting: window ${p.done} / ${p.total}`
+      : PHASES[p.phase] || "Segmenting…";
+  } catch (_) {
+    // progress is best effort; the result or the error comes with the POST's answer
+  }
+}
+
+let limits = {};
 
 function init() {
   $("file").addEventListener("change", () => setFile($("file").files[0] || null));
@@ -125,8 +176,10 @@ function init() {
   });
   $("form").addEventListener("submit", submit);
   fetch("/api/info").then((r) => r.json()).then((info) => {
+    limits = info;
     const mb = (info.max_upload_bytes / 1048576).toFixed(0);
-    $("model-info").textContent = `Model: ${info.model}. Uploads up to ${mb} MB.`;
+    $("model-info").textContent =
+      `Model: ${info.model}. Uploads up to ${mb} MB, ${info.max_expressions} expressions.`;
   }).catch(() => {});
 }
 

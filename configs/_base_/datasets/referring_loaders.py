@@ -1,6 +1,7 @@
 # Dataloader and evaluator defaults shared by the single-dataset configs (aerial_d, rrsisd,
 # refsegrs, nwpu_refer, urban1960): each of them sets only the `dataset` of every loader.
-_base_ = ["./referring_pipelines.py"]
+# The evaluator is the default protocol preset (configs/_base_/evaluators/).
+_base_ = ["./referring_pipelines.py", "../evaluators/original_resolution.py"]
 
 train_dataloader = dict(
     batch_size=2,
@@ -20,5 +21,3 @@ test_dataloader = dict(
     persistent_workers=True,
     sampler=dict(type="DefaultSampler", shuffle=False),
 )
-val_evaluator = {{_base_.referring_evaluator}}
-test_evaluator = {{_base_.referring_evaluator}}

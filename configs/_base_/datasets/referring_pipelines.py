@@ -6,7 +6,9 @@ img_scale = (1024, 1024)
 train_pipeline = [
     dict(type="LoadImageFromFile"),
     dict(type="LoadReferringMask"),
-    dict(type="ReferringResize", scale=img_scale, keep_ratio=True),
+    # Pillow: SAM's own ResizeLongestSide resizes with PIL (antialiased); cv2 aliases when
+    # shrinking (tests/models/test_referee_sam.py).
+    dict(type="ReferringResize", scale=img_scale, keep_ratio=True, backend="pillow"),
     # After resizing, so the grain strength does not depend on the source resolution.
     dict(type="HistoricFilter", prob=0.2),
     dict(type="PackReferringInputs"),
@@ -14,7 +16,12 @@ train_pipeline = [
 test_pipeline = [
     dict(type="LoadImageFromFile"),
     dict(type="LoadReferringMask"),
-    dict(type="ReferringResize", scale=img_scale, keep_ratio=True, resize_mask=False),
+    dict(
+        type="ReferringResize",
+        scale=img_scale,
+        keep_ratio=True,
+        resize_mask=False,
+        backend="pillow",
+    ),
     dict(type="PackReferringInputs"),
 ]
-referring_evaluator = dict(type="ReferringMetric", threshold_comparison=">=")
