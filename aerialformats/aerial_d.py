@@ -40,6 +40,11 @@ from aerialformats.atomic import TEMP_SUFFIX, atomic_open
 from aerialformats.rle import RLEMask, parse_rle_text, rle_run_lengths
 
 __all__ = [
+    "EXPRESSION_KINDS",
+    "GROUP_TARGET_TYPES",
+    "LLM_EXPRESSION_TYPES",
+    "PROVENANCE_KEYS",
+    "SEMANTIC_GROUP_ID_RANGE",
     "remove_stale_temp_files",
     "AerialDFormatError",
     "AerialGroup",
@@ -51,6 +56,7 @@ __all__ = [
     "domain_from_filename",
     "group_target_type_from_id",
     "parse_rle_text",
+    "patch_to_element",
     "rle_run_lengths",
     "read_patch_xml",
     "write_patch_xml",

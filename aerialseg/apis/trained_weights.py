@@ -27,7 +27,7 @@ from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 
 from aerialseg.engine import CheckpointError, safe_torch_load
-from aerialseg.models.checkpoint_keys import CheckpointMismatchError
+from aerialseg.models.checkpoint_keys import CheckpointMismatchError, reshaped_tensors
 
 _PREFIXES = ("module.", "_orig_mod.")  # DDP/FSDP wrappers and torch.compile
 _SHOWN = 6
@@ -104,11 +104,7 @@ def check_trained_state(model: torch.nn.Module, found: Mapping[str, torch.Tensor
     required = set(expected) - optional_keys(model)
     missing = sorted(required - set(found))
     unexpected = sorted(set(found) - set(expected))
-    reshaped = [
-        f"{key} (checkpoint {tuple(found[key].shape)}, model {tuple(expected[key].shape)})"
-        for key in sorted(set(found) & set(expected))
-        if tuple(found[key].shape) != tuple(expected[key].shape)
-    ]
+    reshaped = reshaped_tensors(expected, found)
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing keys: {_grouped(missing)}")

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from aerialformats.atomic import atomic_write_text
+from aerialseg.datasets.split_check import leaf_dataset_cfgs
 
 __all__ = [
     "PUBLISHED_COUNTS",
@@ -152,16 +153,6 @@ class CheckReport:
         return lines
 
 
-def _leaves(dataset_cfg) -> list[Mapping]:
-    if not isinstance(dataset_cfg, Mapping):
-        return []
-    if "datasets" in dataset_cfg:
-        return [leaf for inner in dataset_cfg["datasets"] for leaf in _leaves(inner)]
-    if isinstance(dataset_cfg.get("dataset"), Mapping):
-        return _leaves(dataset_cfg["dataset"])
-    return [dataset_cfg]
-
-
 def dataset_cfgs_of(cfg, splits: Sequence[str] | None = None) -> list[dict]:
     """The distinct leaf dataset configs of a config's loaders and ``test_sets`` (wrappers
     opened), optionally only those of ``splits``."""
@@ -174,7 +165,7 @@ def dataset_cfgs_of(cfg, splits: Sequence[str] | None = None) -> list[dict]:
     sources += [entry["dataloader"].get("dataset") for entry in cfg.get("test_sets") or []]
     found: dict[tuple, dict] = {}
     for source in sources:
-        for leaf in _leaves(source):
+        for leaf in leaf_dataset_cfgs(source):
             if splits is not None and leaf.get("split") not in splits:
                 continue
             found.setdefault(dataset_identity(leaf), dict(leaf))

@@ -12,7 +12,12 @@ from __future__ import annotations
 import os.path as osp
 from collections.abc import Mapping
 
-__all__ = ["ValTestOverlapError", "check_val_test_separate", "dataset_identity"]
+__all__ = [
+    "ValTestOverlapError",
+    "check_val_test_separate",
+    "dataset_identity",
+    "leaf_dataset_cfgs",
+]
 
 # Dataset-config keys that name what is read; with the type, the root and the split they decide
 # whether two dataset configs read the same files.
@@ -23,13 +28,15 @@ class ValTestOverlapError(ValueError):
     """The validation and test sets of a config read the same files."""
 
 
-def _leaf_dataset_cfgs(dataset_cfg) -> list[Mapping]:
+def leaf_dataset_cfgs(dataset_cfg) -> list[Mapping]:
+    """The leaf dataset configs of ``dataset_cfg``, through ``ConcatDataset``'s ``datasets`` and
+    wrappers' ``dataset`` (``[]`` for anything not a mapping)."""
     if not isinstance(dataset_cfg, Mapping):
         return []
     if "datasets" in dataset_cfg:
-        return [leaf for inner in dataset_cfg["datasets"] for leaf in _leaf_dataset_cfgs(inner)]
+        return [leaf for inner in dataset_cfg["datasets"] for leaf in leaf_dataset_cfgs(inner)]
     if isinstance(dataset_cfg.get("dataset"), Mapping):
-        return _leaf_dataset_cfgs(dataset_cfg["dataset"])
+        return leaf_dataset_cfgs(dataset_cfg["dataset"])
     return [dataset_cfg]
 
 
@@ -60,10 +67,10 @@ def _test_dataset_cfgs(cfg) -> list[tuple[str, Mapping]]:
         return [
             (entry["name"], leaf)
             for entry in sets
-            for leaf in _leaf_dataset_cfgs(entry["dataloader"].get("dataset"))
+            for leaf in leaf_dataset_cfgs(entry["dataloader"].get("dataset"))
         ]
     test_loader = cfg.get("test_dataloader") or {}
-    return [("test", leaf) for leaf in _leaf_dataset_cfgs(test_loader.get("dataset"))]
+    return [("test", leaf) for leaf in leaf_dataset_cfgs(test_loader.get("dataset"))]
 
 
 def check_val_test_separate(cfg) -> dict[str, str]:
@@ -75,7 +82,7 @@ def check_val_test_separate(cfg) -> dict[str, str]:
     """
     val_loader = cfg.get("val_dataloader") or {}
     val_ids = {
-        dataset_identity(leaf): leaf for leaf in _leaf_dataset_cfgs(val_loader.get("dataset"))
+        dataset_identity(leaf): leaf for leaf in leaf_dataset_cfgs(val_loader.get("dataset"))
     }
     allowed = dict(cfg.get("allow_val_test_overlap") or {})
     overlaps, accepted = [], {}

@@ -78,6 +78,12 @@ class ReferringDataPreProcessor(BaseDataPreprocessor):
         seg_pad_val: label of padded mask pixels.
     """
 
+    # The tokenizer's padding: every expression to ``text_length`` (a subclass may pad to the
+    # batch's longest instead).
+    text_padding = "max_length"
+    # Surrounding whitespace is dropped before tokenizing (RSRefSeg 2 keeps the raw text).
+    strip_text = True
+
     def __init__(
         self,
         vlm_path: str,
@@ -109,16 +115,20 @@ class ReferringDataPreProcessor(BaseDataPreprocessor):
     def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """N expressions -> token ids N x L (long) and a mask N x L (1 = real token).
 
+        L is ``text_length``, or the longest expression of ``texts`` when ``text_padding`` is
+        ``"longest"``.
+
         Raises:
             ValueError: an expression is empty or not a string.
         """
         for index, text in enumerate(texts):
             if not isinstance(text, str) or not text.strip():
                 raise ValueError(f"expression {index} is empty or not a string: {text!r}")
-        texts = [text.strip().lower() if self.lowercase else text.strip() for text in texts]
+        texts = [text.strip() if self.strip_text else text for text in texts]
+        texts = [text.lower() if self.lowercase else text for text in texts]
         tokens = self.tokenizer(
             texts,
-            padding="max_length",
+            padding=self.text_padding,
             truncation=True,
             max_length=self.text_length,
             return_attention_mask=True,

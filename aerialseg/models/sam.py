@@ -22,8 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from aerialseg.engine import safe_torch_load
-from aerialseg.models.checkpoint_keys import check_state_dict
+from aerialseg.models.checkpoint_keys import check_state_dict, load_official_state
 
 # RGB statistics on the 0-255 scale, as in segment_anything.build_sam.
 SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
@@ -323,11 +322,7 @@ class SamParts(nn.Module):
 
     def load_official_checkpoint(self, path: str | os.PathLike) -> None:
         """Load an official SAM ``.pth`` strictly; raise ``CheckpointMismatchError`` otherwise."""
-        state = safe_torch_load(path, map_location="cpu")
-        if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-            state = state["model"]  # a training checkpoint that wraps the official layout
-        if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-            raise TypeError(f"SAM checkpoint '{path}' is not a state dict of tensors")
+        state = load_official_state(path, "SAM")
         what = (
             f"SAM '{self.arch_name}' (embed_dim {self.arch['embed_dim']}, "
             f"depth {self.arch['depth']})"

@@ -30,8 +30,7 @@ import os
 import torch
 from torch import nn
 
-from aerialseg.engine import safe_torch_load
-from aerialseg.models.checkpoint_keys import check_state_dict
+from aerialseg.models.checkpoint_keys import check_state_dict, load_official_state
 
 # ImageNet statistics on the [0, 1] scale (sam2.utils.transforms.SAM2Transforms).
 SAM2_PIXEL_MEAN = (0.485, 0.456, 0.406)
@@ -255,14 +254,9 @@ class Sam2Parts(nn.Module):
                 another shape, with their list.
             TypeError: the file is not a state dict (under ``"model"``).
         """
-        state = safe_torch_load(path, map_location="cpu")
-        if isinstance(state, dict) and isinstance(state.get("model"), dict):
-            state = state["model"]
-        if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-            raise TypeError(
-                f"SAM 2.1 checkpoint '{path}' is not a state dict of tensors (expected the "
-                "official layout {'model': state_dict})"
-            )
+        state = load_official_state(
+            path, "SAM 2.1", "expected the official layout {'model': state_dict}"
+        )
         image_keys = {k: v for k, v in state.items() if not k.startswith(SAM2_VIDEO_PREFIXES)}
         expected = self.state_dict()
         arch = self.arch_name

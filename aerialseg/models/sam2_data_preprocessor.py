@@ -53,6 +53,15 @@ class Sam2ReferringDataPreProcessor(ReferringDataPreProcessor):
         bgr_to_rgb, seg_pad_val: as :class:`ReferringDataPreProcessor`.
     """
 
+    # RSRefSeg 2 tokenizes the raw text; the padding mask reaches the text tower only as
+    # ClipSAM2.encode_text decides.
+    strip_text = False
+
+    @property
+    def text_padding(self) -> str:
+        """Parity pads to the batch's longest expression, otherwise to ``text_length``."""
+        return "longest" if self.parity else "max_length"
+
     def __init__(
         self,
         vlm_path: str,
@@ -76,29 +85,6 @@ class Sam2ReferringDataPreProcessor(ReferringDataPreProcessor):
             seg_pad_val=seg_pad_val,
         )
         self.parity = parity
-
-    def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """N expressions -> token ids N x L and the padding mask N x L (1 = real token).
-
-        L is the longest expression of ``texts`` in parity mode, else ``text_length``. The
-        mask reaches the text tower only as :meth:`ClipSAM2.encode_text` decides.
-
-        Raises:
-            ValueError: an expression is empty or not a string.
-        """
-        for index, text in enumerate(texts):
-            if not isinstance(text, str) or not text.strip():
-                raise ValueError(f"expression {index} is empty or not a string: {text!r}")
-        texts = [text.lower() if self.lowercase else text for text in texts]
-        tokens = self.tokenizer(
-            list(texts),
-            padding="longest" if self.parity else "max_length",
-            truncation=True,
-            max_length=self.text_length,
-            return_attention_mask=True,
-            return_tensors="pt",
-        )
-        return tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device)
 
     def normalise(self, canvas: torch.Tensor, heights_widths: Sequence) -> dict[str, torch.Tensor]:
         """B x 3 x S x S canvas (0-255 RGB, zero padding) -> the encoder inputs.

@@ -3,7 +3,7 @@
 # (checkpoints/tiny, data/tiny_aerial_d). Same model, LoRA and loss code as the real recipes.
 _base_ = [
     "../_base_/models/clipsam.py",
-    "../_base_/datasets/aerial_d.py",
+    "../_base_/datasets/tiny_aerial_d.py",
     "../_base_/schedules/adamw_poly_tiny.py",
     "../_base_/default_runtime.py",
 ]
@@ -37,33 +37,5 @@ model = dict(
     ],
 )
 
-img_scale = (128, 128)
-# No historic filter: the tiny scenes are told apart by colour, which B&W would erase.
-train_pipeline = [
-    dict(type="LoadImageFromFile"),
-    dict(type="LoadReferringMask"),
-    dict(type="ReferringResize", scale=img_scale, keep_ratio=True),
-    dict(type="PackReferringInputs"),
-]
-test_pipeline = [
-    dict(type="LoadImageFromFile"),
-    dict(type="LoadReferringMask"),
-    dict(type="ReferringResize", scale=img_scale, keep_ratio=True, resize_mask=False),
-    dict(type="PackReferringInputs"),
-]
-data_root = "data/tiny_aerial_d"
-train_dataloader = dict(
-    batch_size=4,
-    num_workers=0,
-    persistent_workers=False,
-    dataset=dict(data_root=data_root, pipeline=train_pipeline),
-)
-val_dataloader = dict(
-    batch_size=4,
-    num_workers=0,
-    persistent_workers=False,
-    dataset=dict(data_root=data_root, pipeline=test_pipeline),
-)
-test_dataloader = val_dataloader
 env_cfg = dict(dist_cfg=dict(backend="gloo"))
 randomness = dict(seed=0)

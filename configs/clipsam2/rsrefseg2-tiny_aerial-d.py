@@ -5,7 +5,7 @@
 # given to tools/test.py (the tests convert a synthetic RSRefSeg 2 model in the published layout).
 _base_ = [
     "../_base_/models/clipsam2.py",
-    "../_base_/datasets/aerial_d.py",
+    "../_base_/datasets/tiny_aerial_d.py",
     "../_base_/schedules/adamw_poly_tiny.py",
     "../_base_/default_runtime.py",
 ]
@@ -39,33 +39,6 @@ model = dict(
     save_frozen_weights=True,
 )
 
-img_scale = (128, 128)
-test_pipeline = [
-    dict(type="LoadImageFromFile"),
-    dict(type="LoadReferringMask"),
-    dict(type="ReferringResize", scale=img_scale, keep_ratio=True, resize_mask=False),
-    dict(type="PackReferringInputs"),
-]
-train_pipeline = [
-    dict(type="LoadImageFromFile"),
-    dict(type="LoadReferringMask"),
-    dict(type="ReferringResize", scale=img_scale, keep_ratio=True),
-    dict(type="PackReferringInputs"),
-]
-data_root = "data/tiny_aerial_d"
-train_dataloader = dict(
-    batch_size=4,
-    num_workers=0,
-    persistent_workers=False,
-    dataset=dict(data_root=data_root, pipeline=train_pipeline),
-)
-val_dataloader = dict(
-    batch_size=4,
-    num_workers=0,
-    persistent_workers=False,
-    dataset=dict(data_root=data_root, pipeline=test_pipeline),
-)
-test_dataloader = val_dataloader
 val_evaluator = dict(type="ReferringMetric", protocol="rsrefseg_strict")
 test_evaluator = val_evaluator
 env_cfg = dict(dist_cfg=dict(backend="gloo"))

@@ -25,6 +25,7 @@ def test_the_key_is_the_sha256_of_the_canonical_request():
         BODY, None
     )  # the seed tells samples apart
     unseeded = {key: value for key, value in BODY.items() if key != "seed"}
+    assert request_key(unseeded, None) == _sha256({"base_url": "openai", "body": unseeded})
     assert request_key(unseeded, None, sample=2) == _sha256(
         {"base_url": "openai", "body": unseeded, "sample": 2}
     )
