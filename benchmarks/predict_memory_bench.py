@@ -23,13 +23,18 @@ import platform
 import tempfile
 import tracemalloc
 
-import numpy as np
-import rasterio
-from rasterio.transform import from_origin
+# One thread for every numeric library, fixed before they load: a memory figure must not depend
+# on how many per-thread buffers the machine's core count happens to give.
+for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ[_name] = "1"
 
-from aerialseg.predict import PredictOptions, open_raster, predict_file
-from aerialseg.predict.export import masks_geotiff
-from aerialseg.predict.windows import MASK_LOGIT
+import numpy as np  # noqa: E402
+import rasterio  # noqa: E402
+from rasterio.transform import from_origin  # noqa: E402
+
+from aerialseg.predict import PredictOptions, open_raster, predict_file  # noqa: E402
+from aerialseg.predict.export import masks_geotiff  # noqa: E402
+from aerialseg.predict.windows import MASK_LOGIT  # noqa: E402
 
 
 class HalfPlanePredictor:
@@ -95,6 +100,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=2048, help="scene side in pixels")
     parser.add_argument("--counts", type=int, nargs="+", default=[1, 2, 4])
     args = parser.parse_args()
+    import torch  # loaded by aerialseg already; pinned like the libraries above
+
+    torch.set_num_threads(1)
     pixels = args.size**2
     print(
         f"# predict_file memory, {args.size} x {args.size} = {pixels / 1e6:.1f} MP, "

@@ -92,24 +92,31 @@ def _gemma_tokenizer():
     )
 
 
+TINY_TOWER = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+
+
+def _text_tower(tokenizer) -> dict:
+    """The tiny text tower's config, sized and tokened by ``tokenizer`` (SigLIP and SigLIP 2)."""
+    return dict(
+        TINY_TOWER,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=TEXT_LENGTH,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+
+
 @pytest.fixture(scope="module")
 def siglip2_folder(tmp_path_factory):
     from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
 
     folder = tmp_path_factory.mktemp("siglip2")
     tokenizer = _gemma_tokenizer()
-    tower = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
     torch.manual_seed(0)
     config = SiglipConfig(
-        text_config=dict(
-            tower,
-            vocab_size=len(tokenizer),
-            max_position_embeddings=TEXT_LENGTH,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-        ),
-        vision_config=dict(tower, image_size=IMAGE_SIZE, patch_size=8),
+        text_config=_text_tower(tokenizer),
+        vision_config=dict(TINY_TOWER, image_size=IMAGE_SIZE, patch_size=8),
     )
     SiglipModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -215,18 +222,10 @@ def naflex_folder(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("siglip2_naflex")
     tokenizer = _gemma_tokenizer()
-    tower = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
     torch.manual_seed(0)
     config = Siglip2Config(
-        text_config=dict(
-            tower,
-            vocab_size=len(tokenizer),
-            max_position_embeddings=TEXT_LENGTH,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-        ),
-        vision_config=dict(tower, patch_size=8, num_patches=16),
+        text_config=_text_tower(tokenizer),
+        vision_config=dict(TINY_TOWER, patch_size=8, num_patches=16),
     )
     Siglip2Model(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
