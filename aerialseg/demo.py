@@ -35,6 +35,7 @@ from aerialseg.predict import draw_overlay, encode_png
 __all__ = [
     "ShuffledExpressionDataset",
     "apply_cpu_plan",
+    "cached_pipeline",
     "cpu_plan",
     "demo_model_config",
     "run_demo",
@@ -177,6 +178,21 @@ def generate_data(cfg: Config, work: Path, workers: int | None = None) -> str:
     return str(export_dir(datagen_cfg.work_path) / "aeriald")
 
 
+def cached_pipeline(pipeline: list) -> list:
+    """``[t1, ..., tn, PackReferringInputs]`` -> ``[CachedTransforms([t1, ..., tn]), Pack...]``.
+
+    The demo reads each of its ~100 samples many times: loading, decoding and resizing them once
+    leaves only the packing per visit. Packing stays outside the cache so that every batch gets
+    fresh ``SegDataSample`` objects, which the model writes into.
+    """
+    pipeline = list(pipeline)
+    if not pipeline or pipeline[-1].get("type") != "PackReferringInputs":
+        raise ValueError("data.cache_samples needs a pipeline that ends in PackReferringInputs")
+    if len(pipeline) == 1:
+        return pipeline
+    return [dict(type="CachedTransforms", transforms=pipeline[:-1]), pipeline[-1]]
+
+
 def demo_model_config(cfg: Config, data_root: str, pretrained, work: Path) -> Config:
     """The tiny ClipSAM config of the demo: data roots, filters, schedule and the two test sets."""
     from aerialseg.engine import load_config
@@ -190,7 +206,9 @@ def demo_model_config(cfg: Config, data_root: str, pretrained, work: Path) -> Co
     )
     model_cfg.model.vlm.pretrained = pretrained.vlm_path
     model_cfg.model.sam.checkpoint = pretrained.sam_path
-    filters = {key: value for key, value in cfg.data.items() if value is not None}
+    data = dict(cfg.data)
+    cache_samples = bool(data.pop("cache_samples", False))
+    filters = {key: value for key, value in data.items() if value is not None}
     for loader, split, batch_size in (
         ("train_dataloader", "train", train.batch_size),
         ("test_dataloader", "val", test.batch_size),
@@ -201,6 +219,9 @@ def demo_model_config(cfg: Config, data_root: str, pretrained, work: Path) -> Co
         model_cfg[loader].num_workers = loader_workers
         model_cfg[loader].persistent_workers = loader_workers > 0
         model_cfg[loader].dataset.update(data_root=data_root, split=split, **filters)
+        if cache_samples:
+            dataset = model_cfg[loader].dataset
+            dataset.pipeline = cached_pipeline(dataset.pipeline)
     # Scored once, after training, by the test step (twice: clean and control).
     model_cfg.val_dataloader = model_cfg.val_evaluator = model_cfg.val_cfg = None
     model_cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=train.max_iters)

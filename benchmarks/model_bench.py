@@ -29,6 +29,12 @@ tower), to check the script in a few minutes.
 
 times training epochs of the tiny config with and without the frozen-tower feature cache, and one
 reduced-depth ClipSAM-b step with and without a warm cache.
+
+    python benchmarks/model_bench.py --op-profile bf16-train --quick --threads 1
+
+prints the CPU seconds of each aten operator (and of each operator and input shapes) in one step
+of the current code: the thread's CPU clock read around every operator, which a busy machine
+disturbs far less than ``torch.profiler``'s wall times.
 """
 
 from __future__ import annotations
@@ -270,6 +276,34 @@ def _timed_steps(step, warmup: int, iters: int) -> dict:
     return dict(seconds=min(wall), cpu_seconds=min(cpu))
 
 
+def _comparison_step(
+    model_name: str, precision: str, task: str, root: Path, code_root: Path, quick: bool
+):
+    """A function running one training step or one inference call of the named model."""
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+    cfg = COMPARISON_MODELS[model_name](root, code_root, quick)
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    batch = make_batch(1, model.data_preprocessor.size)
+    if task == "train":
+        model.train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
+        wrapper = OptimWrapper(optimizer=optimizer, clip_grad=dict(max_norm=1.0))
+
+        def step():
+            with autocast:
+                model.train_step(copy.deepcopy(batch), wrapper)
+    else:
+        model.eval()
+
+        def step():
+            with torch.no_grad(), autocast:
+                model.test_step(copy.deepcopy(batch))
+
+    return step
+
+
 def comparison_worker(args) -> None:
     """One measurement in its own process: ``args.task`` of ``args.model`` with the code in
     ``args.code_root``; prints one tagged JSON line."""
@@ -281,31 +315,81 @@ def comparison_worker(args) -> None:
 
     if not Path(aerialseg.__file__).resolve().is_relative_to(code_root):
         sys.exit(f"imported {aerialseg.__file__}, not the code under test in {code_root}")
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = COMPARISON_MODELS[args.model](Path(tmp), code_root, args.quick)
-        torch.manual_seed(0)
-        model = MODELS.build(cfg.model)
-        batch = make_batch(1, model.data_preprocessor.size)
-        if args.task == "train":
-            model.train()
-            params = [p for p in model.parameters() if p.requires_grad]
-            optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
-            wrapper = OptimWrapper(optimizer=optimizer, clip_grad=dict(max_norm=1.0))
-
-            def step():
-                with autocast:
-                    model.train_step(copy.deepcopy(batch), wrapper)
-        else:
-            model.eval()
-
-            def step():
-                with torch.no_grad(), autocast:
-                    model.test_step(copy.deepcopy(batch))
-
+        step = _comparison_step(
+            args.model, args.precision, args.task, Path(tmp), code_root, args.quick
+        )
         result = _timed_steps(step, args.warmup, args.iters)
     result.update(peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     print(RESULT_TAG + json.dumps(result), flush=True)
+
+
+def op_cpu_profile(args, rows: int = 30) -> str:
+    """CPU seconds per aten operator (and per operator and input shapes) of one step of the
+    current code, measured with the thread's CPU clock around every dispatched operator.
+
+    ``torch.profiler`` reports wall time per operator; on a shared machine that is mostly time
+    spent waiting for a core, so this table is what the profile sections of
+    ``docs/benchmarks.md`` quote. Backward operators run on the calling thread on CPU, so a
+    training step is covered whole.
+    """
+    from collections import defaultdict
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CpuTimePerOp(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seconds = defaultdict(float)
+            self.calls = defaultdict(int)
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            start = time.thread_time()
+            out = func(*args, **(kwargs or {}))
+            elapsed = time.thread_time() - start
+            shapes = tuple(
+                (*a.shape, str(a.dtype).removeprefix("torch."))
+                for a in args
+                if isinstance(a, torch.Tensor)
+            )
+            for key in (func.overloadpacket.__name__, (func.overloadpacket.__name__, shapes)):
+                self.seconds[key] += elapsed
+                self.calls[key] += 1
+            return out
+
+    torch.set_num_threads(args.threads)
+    init_default_scope("mmseg")
+    import aerialseg  # noqa: F401  (registers ClipSAM)
+
+    precision, task = args.op_profile.split("-")
+    with tempfile.TemporaryDirectory() as tmp:
+        step = _comparison_step(args.models[0], precision, task, Path(tmp), REPO, args.quick)
+        step()  # warm-up
+        start = time.process_time()
+        step()
+        plain = time.process_time() - start
+        mode = CpuTimePerOp()
+        start = time.process_time()
+        with mode:
+            step()
+        profiled = time.process_time() - start
+    lines = [
+        f"{args.op_profile}, {args.threads} thread(s), load average {os.getloadavg()[0]:.1f}: "
+        f"{plain:.2f} CPU s per step ({profiled:.2f} s with the per-operator clock)",
+        "",
+        "| operator | input shapes | calls | CPU s | share |",
+        "|---|---|---|---|---|",
+    ]
+    ranked = sorted(mode.seconds.items(), key=lambda item: -item[1])
+    for key, seconds in [item for item in ranked if isinstance(item[0], str)][:rows] + [
+        item for item in ranked if isinstance(item[0], tuple)
+    ][:rows]:
+        name, shapes = (key, "all") if isinstance(key, str) else key
+        lines.append(
+            f"| {name} | {shapes} | {mode.calls[key]} | {seconds:.3f} "
+            f"| {100 * seconds / profiled:.1f} % |"
+        )
+    return "\n".join(lines)
 
 
 def _run_worker(code_root: Path, model: str, precision: str, task: str, args) -> dict:
@@ -464,7 +548,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--feature-cache", action="store_true", help="per-epoch time with the frozen-tower cache"
     )
+    parser.add_argument(
+        "--op-profile",
+        choices=[f"{p}-{t}" for p in ("fp32", "bf16") for t in ("train", "infer")],
+        help="CPU seconds per operator of one step of the current code (with --quick: reduced "
+        "depth)",
+    )
     args = parser.parse_args(argv)
+    if args.op_profile:
+        args.models = args.models or ["b"]
+        args.threads = args.threads or 1
+        print(op_cpu_profile(args))
+        return
     if args.feature_cache:
         torch.set_num_threads(args.threads or 1)
         init_default_scope("mmseg")

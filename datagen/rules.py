@@ -390,7 +390,7 @@ def cluster_boxes(boxes: np.ndarray, eps: float, min_samples: int, max_size: int
     next_label = 0
     for point in range(count):
         label = labels[point]
-        if label < 0 or renumbered[point] >= 0:
+        if label < 0:  # noise, or a cluster already numbered or dissolved (-2)
             continue
         members = labels == label
         if members.sum() <= max_size:

@@ -68,7 +68,7 @@ def _history_buffer_method(owner, name: str):
     attribute = vars(HistoryBuffer).get(name) if owner is HistoryBuffer else None
     if name.startswith("_") or not callable(attribute):
         raise pickle.UnpicklingError(
-            f"Weights only load failed: getattr({getattr(owner, '__name__', owner)!r}, {name!r}) "
+            f"getattr({getattr(owner, '__name__', owner)!r}, {name!r}) "
             "is not allowed (only HistoryBuffer statistics methods are); "
             "Unsupported global: GLOBAL builtins.getattr"
         )
@@ -84,26 +84,21 @@ _SAFE_GLOBALS: list = [
 
 def allow_checkpoint_globals(objects: Iterable) -> None:
     """Add classes/functions to the allow-list used by every checkpoint load."""
-    objects = list(objects)
-    _SAFE_GLOBALS.extend(objects)
-    torch.serialization.add_safe_globals(objects)
+    torch.serialization.add_safe_globals(list(objects))
 
 
-_GLOBAL_IN_MESSAGE = re.compile(r"(?:Unsupported global: GLOBAL|global) ([\w.]+)")
+# torch names a refused global as "GLOBAL <module>.<name> was not an allowed global" or "... whose
+# module <m> is blocked"; the lower-case word "global" also occurs in its advice text.
+_GLOBAL_IN_MESSAGE = re.compile(r"GLOBAL ([\w.]+)")
 
 
 def _unsafe_globals(path: str, error: Exception) -> list[str]:
+    """The refused globals: torch lists those of a zip checkpoint (allow-listed ones excluded); a
+    legacy pickle, or ``getattr`` used beyond ``HistoryBuffer``, is named only in the message."""
     try:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception:  # not a zip checkpoint: fall back to the name in torch's message
         names = []
-    allowed = {
-        entry[1] if isinstance(entry, tuple) else f"{entry.__module__}.{entry.__qualname__}"
-        for entry in _SAFE_GLOBALS
-    }
-    if "getattr(" in str(error):  # the allow-listed name was used beyond HistoryBuffer
-        allowed.discard("builtins.getattr")
-    names = [name for name in names if name not in allowed]
     return names or _GLOBAL_IN_MESSAGE.findall(str(error)) or ["<unknown global>"]
 
 
@@ -164,7 +159,7 @@ def safe_torch_load(path: str | os.PathLike, map_location="cpu"):
             if names != ["<unknown global>"]:
                 raise UnsafeCheckpointError(path, names) from None
         raise CheckpointError(
-            f"checkpoint '{path}' is not a readable torch checkpoint: {_first_line(error)}"
+            f"checkpoint '{path}' is not a readable torch checkpoint: {_unpickler_reason(error)}"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError) as error:
         raise CheckpointError(
@@ -172,8 +167,11 @@ def safe_torch_load(path: str | os.PathLike, map_location="cpu"):
         ) from None
 
 
-def _first_line(error: Exception) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+def _unpickler_reason(error: Exception) -> str:
+    """What torch's weights-only unpickler objected to: its message puts advice first and the
+    reason after "WeightsUnpickler error:"."""
+    reason = str(error).rpartition("WeightsUnpickler error:")[2]
+    return (reason.strip().splitlines() or [type(error).__name__])[0]
 
 
 def _load_from_local(filename: str, map_location=None):

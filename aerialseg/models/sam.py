@@ -150,7 +150,7 @@ class _RelPosAttention(torch.autograd.Function):
         for heads, rows in _tiles(q.shape[0], q.shape[1], k.shape[1]):
             bias = _rel_pos_bias(rel_h[heads, rows], rel_w[heads, rows]).to(q.dtype)
             query, grad = q[heads, rows], grad_out[heads, rows]
-            probs = torch.softmax(torch.baddbmm(bias, query, key_t[heads], alpha=scale), dim=-1)
+            probs = torch.softmax(bias.baddbmm_(query, key_t[heads], alpha=scale), dim=-1)
             grad_value_t[heads].baddbmm_(grad.transpose(1, 2), probs)
             grad_logits = torch.bmm(grad, value_t[heads])
             grad_logits.sub_(row_term[heads, rows]).mul_(probs)
@@ -210,7 +210,11 @@ def _image_encoder_class():
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             """B x 3 x S x S normalised pixels -> B x D x h x w image embedding."""
-            x = self.patch_embed(x)
+            # PatchEmbed returns a permuted view of the convolution's B x C x h x w output; made
+            # contiguous once here, the residual stream is not carried in that layout through
+            # every block (each LayerNorm and linear layer would copy it, every residual add
+            # would run on mismatched strides).
+            x = self.patch_embed(x).contiguous()
             if self.pos_embed is not None:
                 x = x + self.pos_embed
             for block in self.blocks:

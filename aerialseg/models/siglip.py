@@ -48,6 +48,7 @@ def load_siglip_model(path: str | os.PathLike, attn_implementation: str = "sdpa"
         ValueError: the folder holds another kind of model.
         CheckpointMismatchError: weights are missing, unexpected or of another shape.
     """
+    from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModel
 
     folder = Path(path)
@@ -70,8 +71,9 @@ def load_siglip_model(path: str | os.PathLike, attn_implementation: str = "sdpa"
             dtype=torch.float32,
             attn_implementation=attn_implementation,
         )
-    except (OSError, RuntimeError) as error:
-        # transformers raises on size mismatches and unreadable weight files.
+    except (OSError, RuntimeError, SafetensorError) as error:
+        # transformers raises on size mismatches and unreadable weight files (safetensors' own
+        # error for a damaged model.safetensors).
         raise CheckpointMismatchError(
             f"cannot load SigLIP weights from '{folder}': {error}"
         ) from None

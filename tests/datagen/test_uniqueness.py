@@ -6,9 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from datagen import uniqueness
 from datagen.config import RulesConfig
 from datagen.expressions import describe_patch
+from datagen.pipeline import run_pipeline
+from datagen.records import PatchRules
 from datagen.rules import derive_rules
+from datagen.storage import read_json
 from datagen.uniqueness import CandidateTable, TargetTable, count_matches, slot_bits
 from tests.datagen.scenes import box, describe, make_scene
 
@@ -44,9 +48,19 @@ def test_a_candidate_its_own_target_does_not_fit_is_an_error():
     targets = table([1], [int(slot_bits("cell", [0])[0])])
     with pytest.raises(ValueError, match="does not fit its own target"):
         count_matches(targets, candidates([0], [slot_bits("cell", [3])[0]]))
+    # A relation its own target does not have (key 0 too), with or without fitting bits.
+    related = table([1, 1], [0, 0], relations=[[False, True], [True, True]])
+    with pytest.raises(ValueError, match="candidate 1 does not fit its own target 0"):
+        count_matches(related, candidates([0, 0], [0, 0], relation=[1, 0]))
+    with pytest.raises(ValueError, match="candidate 0 does not fit its own target 0"):
+        count_matches(related, candidates([0], [slot_bits("cell", [3])[0]], relation=[1]))
+    assert count_matches(related, candidates([], [])).dtype == np.int64
 
 
-def test_vectorised_counts_equal_a_brute_force_loop():
+@pytest.mark.parametrize("block_elements", [None, 100, 1])
+def test_vectorised_counts_equal_a_brute_force_loop(block_elements, monkeypatch):
+    if block_elements is not None:  # the per-key blocks of very large patches, made small
+        monkeypatch.setattr(uniqueness, "_BLOCK_ELEMENTS", block_elements)
     rng = np.random.default_rng(0)
     n, m, r = 40, 3000, 12
     keys = rng.integers(0, 4, n)
@@ -66,7 +80,7 @@ def test_vectorised_counts_equal_a_brute_force_loop():
         sum(keys[u] == keys[t] and (bits[u] & q) == q and (c < 0 or rel[u, c]) for u in range(n))
         for t, q, c in zip(target, required, relation)
     ]
-    assert counts.tolist() == expected
+    assert counts.tolist() == expected and counts.dtype == np.int64
 
 
 # -- expression-level regressions ----------------------------------------------------------------
@@ -165,3 +179,28 @@ def test_expression_cap_is_seeded_and_deterministic():
         assert len(texts) == min(2, len(whole["expressions"]))
         assert set(texts) <= {e["text"] for e in whole["expressions"]}
         assert [e["id"] for e in cut["expressions"]] == [str(i) for i in range(len(texts))]
+
+
+def test_the_stage_writes_each_patch_as_describe_patch_does(make_config):
+    # LoveDA tiles only (about a second); the stage reads the rules files and writes, per
+    # patch, exactly the record describe_patch gives with the configured cap and seed.
+    cfg = make_config(
+        synthetic={"isaid_images": {}}, isaid={"enabled": False}, seed=7,
+        expressions={"max_per_target": 2},
+    )  # fmt: skip
+    reports = run_pipeline(cfg, until="expressions")
+    rules_files = sorted((cfg.work_path / "stages" / "rules").glob("*/*.json"))
+    written = sorted((cfg.work_path / "stages" / "expressions").glob("*/*.json"))
+    assert [p.relative_to(cfg.work_path / "stages" / "expressions") for p in written] == [
+        p.relative_to(cfg.work_path / "stages" / "rules") for p in rules_files
+    ]
+    records = []
+    for rules_file, record_file in zip(rules_files, written):
+        rules = PatchRules.from_dict(read_json(rules_file))
+        records.append(read_json(record_file))
+        assert records[-1] == describe_patch(rules, 2, 7)
+    counts = reports["expressions"]["counts"]
+    assert counts["patches"] == len(written) == reports["expressions"]["units"]
+    assert counts["targets"] == sum(len(r["targets"]) for r in records)
+    assert counts["written"] == sum(r["counts"]["written"] for r in records) > 0
+    assert counts["patches_with_expressions"] == sum(bool(r["targets"]) for r in records)

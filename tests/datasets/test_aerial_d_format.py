@@ -9,8 +9,14 @@ import pytest
 
 from aerialformats.aerial_d import (
     AerialDFormatError,
+    AerialGroup,
+    AerialObject,
     Expression,
+    GroupRelationship,
+    PatchAnnotation,
     RLEMask,
+    domain_from_filename,
+    group_target_type_from_id,
     parse_rle_text,
     read_patch_xml,
     remove_stale_temp_files,
@@ -184,3 +190,284 @@ def test_stale_temp_files_of_a_killed_writer_are_removed(tmp_path):
     assert remove_stale_temp_files(path) == [stale]
     assert not stale.exists() and other.exists()
     assert read_patch_xml(path) == patch
+
+
+# -- the exact file format and messages (mutation gate, issue 11) ---------------------------------
+
+SMALL_MASK = box_mask(3, 4, 1, 0, 3, 2)  # column-major runs 1, 2, 1, 2, 6 -> COCO "12105"
+SMALL_RLE = '{"size": [3, 4], "counts": "12105"}'
+
+
+def _small_patch() -> PatchAnnotation:
+    """Every element the writer knows, with integer ids (written as text) and a half centroid."""
+    mask = RLEMask.from_mask(SMALL_MASK)
+    ship = AerialObject(
+        id=5,
+        category="ship",
+        bbox=(0, 1, 2, 3),
+        mask=mask,
+        area=4,
+        attributes={"possible_colors": "white"},
+        expressions=[
+            Expression("the ship", id=0),
+            Expression(
+                "a white ship",
+                type="enhanced",
+                source_id=0,
+                model="m",
+                prompt_version="v1",
+                time="t",
+            ),
+        ],
+    )
+    ships = AerialGroup(
+        id=1000002,
+        category="ship",
+        mask=mask,
+        instance_ids=[5],
+        centroid=(1.5, 2.0),
+        attributes={"grid_position": "top"},
+        expressions=[Expression("all ships", id="0")],
+    )
+    pair = AerialGroup(id="7", category="ship", mask=mask, size=2, target_type="semantic")
+    return PatchAnnotation(
+        filename="D0001_patch_1.png",
+        width=4,
+        height=3,
+        objects=[ship],
+        groups=[ships, pair],
+        group_relationships=[GroupRelationship("1000002", "7", "left", "near")],
+    )
+
+
+EXPECTED_XML = f"""<?xml version='1.0' encoding='utf-8'?>
+<annotation>
+  <filename>D0001_patch_1.png</filename>
+  <size>
+    <width>4</width>
+    <height>3</height>
+  </size>
+  <object>
+    <id>5</id>
+    <name>ship</name>
+    <bndbox>
+      <xmin>0</xmin>
+      <ymin>1</ymin>
+      <xmax>2</xmax>
+      <ymax>3</ymax>
+    </bndbox>
+    <segmentation>{SMALL_RLE}</segmentation>
+    <area>4</area>
+    <possible_colors>white</possible_colors>
+    <expressions>
+      <expression id="0">the ship</expression>
+      <expression type="enhanced" source_id="0" model="m" prompt_version="v1" time="t">a white \
+ship</expression>
+    </expressions>
+  </object>
+  <groups>
+    <group>
+      <id>1000002</id>
+      <category>ship</category>
+      <size>1</size>
+      <instance_ids>5</instance_ids>
+      <centroid>
+        <x>1.5</x>
+        <y>2</y>
+      </centroid>
+      <segmentation>{SMALL_RLE}</segmentation>
+      <target_type>semantic</target_type>
+      <grid_position>top</grid_position>
+      <expressions>
+        <expression id="0">all ships</expression>
+      </expressions>
+    </group>
+    <group>
+      <id>7</id>
+      <category>ship</category>
+      <size>2</size>
+      <segmentation>{SMALL_RLE}</segmentation>
+      <target_type>semantic</target_type>
+      <expressions />
+    </group>
+    <relationships>
+      <relationship>
+        <source_id>1000002</source_id>
+        <target_id>7</target_id>
+        <direction>left</direction>
+        <distance>near</distance>
+      </relationship>
+    </relationships>
+  </groups>
+</annotation>"""
+
+
+def test_writer_output_is_exactly_the_documented_format(tmp_path):
+    patch = _small_patch()
+    path = write_patch_xml(patch, tmp_path / "D0001_patch_1.xml")
+    assert path == tmp_path / "D0001_patch_1.xml"
+    assert path.read_text(encoding="utf-8") == EXPECTED_XML
+    assert read_patch_xml(path) == patch
+    assert (patch.num_expressions, patch.domain) == (3, "deepglobe")
+    with pytest.raises(ValueError, match="attribute 'area' clashes with a field of the format"):
+        patch.objects[0].attributes["area"] = "5"
+        write_patch_xml(patch, tmp_path / "clash.xml")
+
+
+def test_reader_fills_optional_fields_like_the_release(tmp_path):
+    path = tmp_path / "L0002_patch_3.xml"
+    path.write_text(
+        "<annotation><filename> L0002_patch_3.png </filename>"
+        "<size><width>4</width><height>3.0</height></size>"
+        "<object><id>9</id><name>building</name><bndbox><xmin>0.0</xmin><ymin>1</ymin>"
+        "<xmax>2</xmax><ymax>3</ymax></bndbox>"
+        "<segmentation>{'size': [3, 4], 'counts': b'12105'}</segmentation><area> </area>"
+        "<note/><nested><inner>x</inner></nested>"
+        '<expressions><expression id="1"> the building </expression></expressions></object>'
+        "<groups><group><id>1500000</id><category>building</category>"
+        f"<instance_ids> 9, ,10 </instance_ids><segmentation>{SMALL_RLE}</segmentation>"
+        "<target_type> group </target_type></group>"
+        "<group><id>12</id><category>building</category><size>2</size>"
+        f"<centroid><x>1</x><y>0.25</y></centroid><segmentation>{SMALL_RLE}</segmentation>"
+        '<target_type></target_type><expressions><expression type="unique" model="gemma">'
+        "the two buildings</expression></expressions></group>"
+        "<relationships><relationship><source_id>1500000</source_id><target_id>12</target_id>"
+        "<direction>above</direction></relationship></relationships></groups>"
+        "<groups><group><id>99</id></group></groups></annotation>",
+        encoding="utf-8",
+    )
+    mask = RLEMask(size=(3, 4), counts="12105")
+    assert read_patch_xml(path) == PatchAnnotation(
+        filename="L0002_patch_3.png",
+        width=4,
+        height=3,
+        objects=[
+            AerialObject(
+                id="9",
+                category="building",
+                bbox=(0, 1, 2, 3),
+                mask=mask,
+                expressions=[Expression("the building", id="1")],
+                area=None,  # an empty <area>
+                attributes={"note": ""},  # <nested> has children: not a simple attribute
+            )
+        ],
+        groups=[
+            AerialGroup(
+                id="1500000",
+                category="building",
+                mask=mask,
+                size=1,
+                instance_ids=["9", "10"],
+                target_type="group",  # stated, although the id is in the semantic range
+            ),
+            AerialGroup(
+                id="12",
+                category="building",
+                mask=mask,
+                size=2,
+                centroid=(1.0, 0.25),
+                expressions=[Expression("the two buildings", type="unique", model="gemma")],
+                target_type="group",  # empty: from the id
+            ),
+        ],
+        group_relationships=[GroupRelationship("1500000", "12", "above", "")],
+    )
+
+
+SMALL_XML = (
+    "<annotation><filename>P1.png</filename><size><width>4</width><height>3</height></size>"
+    "<object><id>5</id><name>ship</name><bndbox><xmin>0</xmin><ymin>1</ymin><xmax>2</xmax>"
+    f"<ymax>3</ymax></bndbox><segmentation>{SMALL_RLE}</segmentation><area>4</area>"
+    '<expressions><expression id="0">the ship</expression></expressions></object>'
+    "<groups><group><id>7</id><category>ship</category><size>1</size>"
+    f"<centroid><x>1</x><y>2</y></centroid><segmentation>{SMALL_RLE}</segmentation>"
+    '<target_type>group</target_type><expressions><expression id="0">the ships</expression>'
+    "</expressions></group><relationships><relationship><source_id>7</source_id>"
+    "<target_id>7</target_id><direction>left</direction></relationship></relationships>"
+    "</groups></annotation>"
+)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("<annotation>", "<patch>", "not well-formed XML (mismatched tag: line 1, column "),
+        (SMALL_XML, SMALL_XML.replace("annotation>", "patch>"), "root: expected <annotation>, "
+         "found <patch>"),
+        ("<size><width>4</width><height>3</height></size>", "", "annotation: missing field <size>"),
+        ("<width>4", "<width>four", "annotation size: field <width> is not a number: 'four'"),
+        ("<bndbox><xmin>0</xmin><ymin>1</ymin><xmax>2</xmax><ymax>3</ymax></bndbox>", "",
+         "object #0 (id=5): missing field <bndbox>"),
+        ("<xmin>0", "<xmin>zero", "object #0 (id=5): field <xmin> is not a number: 'zero'"),
+        ("<id>5</id>", "", "object #0: missing field <id>"),
+        ("<area>4", "<area>four", "object #0 (id=5): field <area> is not a number: 'four'"),
+        ('"12105"}</segmentation><area>', '"12104"}</segmentation><area>',
+         "object #0 (id=5): field <segmentation>: RLE counts cover 11 pixels but size [3, 4] has "
+         "12"),
+        (">the ship<", "> <", "object #0 (id=5) expression #0: expression text is empty"),
+        ("<x>1", "<x>one", "group #0 (id=7): field <x> is not a number: 'one'"),
+        (">group<", ">blob<", "group #0 (id=7): group target_type must be one of ('group', "
+         "'semantic'), got 'blob'"),
+        ("<size>1", "<size>one", "group #0 (id=7): field <size> is not a number: 'one'"),
+        ("<id>7</id>", "", "group #0: missing field <id>"),
+        ("<category>ship</category>", "", "group #0 (id=7): missing field <category>"),
+        ("<direction>left</direction>", "", "group relationship #0: missing field <direction>"),
+        ("<source_id>7</source_id>", "", "group relationship #0: missing field <source_id>"),
+        ("<target_id>7</target_id>", "", "group relationship #0: missing field <target_id>"),
+        ("<height>3</height>", "", "annotation size: missing field <height>"),
+        ("<y>2</y>", "", "group #0 (id=7): missing field <y>"),
+        (f"<size>1</size><centroid><x>1</x><y>2</y></centroid><segmentation>{SMALL_RLE}"
+         "</segmentation>", "<size>1</size><centroid><x>1</x><y>2</y></centroid>",
+         "group #0 (id=7): missing field <segmentation>"),
+        ("<category>ship</category>", "<category> </category>", "group #0 (id=7): missing field "
+         "<category>"),  # blank is missing
+        ('<expression id="0">the ship</expression>', '<expression id="0"/>', "object #0 (id=5) "
+         "expression #0: expression text is empty"),
+        ('id="0">the ships', 'type="other">the ships', "group #0 (id=7) expression #0: "
+         "expression type must be one of ('enhanced', 'unique'), got 'other'"),
+    ],
+)  # fmt: skip
+def test_reader_errors_are_exact(tmp_path, old, new, message):
+    assert old in SMALL_XML
+    path = tmp_path / "P1.xml"
+    path.write_text(SMALL_XML.replace(old, new, 1), encoding="utf-8")
+    with pytest.raises(AerialDFormatError) as error:
+        read_patch_xml(path)
+    assert str(error.value).startswith(f"{path}: {message}")
+
+
+def test_domains_group_types_and_expression_messages():
+    names = ["P0001_patch_0.png", "L1.png", "D7.png", "x/P2.png", "S9.png", "p1.png"]
+    assert [domain_from_filename(n) for n in names] == [
+        "isaid", "loveda", "deepglobe", "isaid", "unknown", "unknown",
+    ]  # fmt: skip
+    ids = ["999999", "1000000", "1999999", "2000000", "cluster-3"]
+    assert [group_target_type_from_id(i) for i in ids] == [
+        "group", "semantic", "semantic", "group", "group",
+    ]  # fmt: skip
+    assert AerialGroup(id=1000001, category="x", mask=RLEMask((1, 1), "1")).target_type == (
+        "semantic"
+    )
+    cases = [
+        (dict(), "an expression needs an id (rule-based) or a type (enhanced/unique)"),
+        (dict(id="0", type="unique"), "an expression has either an id (rule-based) or a type "
+         "(LLM), not both"),
+        (dict(type="paraphrase"), "expression type must be one of ('enhanced', 'unique'), got "
+         "'paraphrase'"),
+    ]  # fmt: skip
+    for kwargs, message in cases:
+        with pytest.raises(ValueError) as error:
+            Expression("a ship", **kwargs)
+        assert str(error.value) == message
+    assert Expression("a ship", type="enhanced", source_id=4).source_id == "4"
+
+
+def test_stale_temp_files_of_names_with_glob_characters(tmp_path):
+    path = tmp_path / "P[1]_patch.xml"
+    stale = tmp_path / ".P[1]_patch.xml.x1y2z.tmp"
+    stale.write_text("half written")
+    decoy = tmp_path / ".P1_patch.xml.x1y2z.tmp"  # what the unescaped pattern [1] would match
+    decoy.write_text("x")
+    assert remove_stale_temp_files(path) == [stale]
+    assert decoy.exists()

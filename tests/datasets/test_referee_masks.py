@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -59,6 +60,18 @@ def test_rle_forms_decode_like_pycocotools():
     union = decode_rle([_coco_rle(mask), _coco_rle(other)])
     assert np.array_equal(union, mask | other)
     assert decode_rle(_coco_rle(mask)).dtype == np.uint8
+
+
+def test_rle_text_decodes_like_pycocotools():
+    """An RLE given as text, as Aerial-D's XML stores it: JSON, or the release's Python repr with
+    bytes counts."""
+    mask = _random_mask(4)
+    rle = _coco_rle(mask)
+    as_json = json.dumps(rle)
+    as_repr = str({"size": rle["size"], "counts": rle["counts"].encode()})
+    for text in (as_json, as_repr):
+        assert np.array_equal(decode_rle(text), mask)
+        assert np.array_equal(decode_mask_spec({"mask_rle": text}), mask)
 
 
 def test_polygons_rasterise_like_pycocotools():
@@ -158,7 +171,9 @@ def test_label_images_give_the_target_pixels():
         ones = mask_from_label_image(np.array([[0, 1], [1, 0]], dtype=np.uint8))
     assert ones.tolist() == [[0, 1], [1, 0]] and ones.dtype == np.uint8
     assert [w.category for w in caught] == [BinaryMaskEncodingWarning]
-    assert "0/1 instead of 0/255" in str(caught[0].message)
+    assert str(caught[0].message) == (
+        "binary mask stored as 0/1 instead of 0/255: read with foreground = 1"
+    )
 
 
 def test_rle_sizes_must_match_their_runs():

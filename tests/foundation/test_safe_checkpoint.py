@@ -18,7 +18,6 @@ import aerialseg  # noqa: F401  (routes mmengine's local checkpoint loader throu
 from aerialseg.engine import (
     CheckpointError,
     UnsafeCheckpointError,
-    allow_checkpoint_globals,
     safe_torch_load,
 )
 
@@ -206,19 +205,3 @@ def test_no_code_loads_checkpoints_with_weights_only_false():
 
     offenders = [str(p.relative_to(REPO)) for p in sources if pattern.search(code(p))]
     assert offenders == [], f"checkpoint loading with weights_only switched off in {offenders}"
-
-
-class TrustedRecord:
-    """Only used by the allow-list test below, so allowing it affects no other test."""
-
-    def __init__(self):
-        self.value = 5
-
-
-def test_allow_checkpoint_globals_admits_a_trusted_class(tmp_path):
-    path = tmp_path / "trusted.pth"
-    torch.save({"record": TrustedRecord()}, path)
-    with pytest.raises(UnsafeCheckpointError, match="TrustedRecord"):
-        safe_torch_load(path)
-    allow_checkpoint_globals([TrustedRecord])
-    assert safe_torch_load(path)["record"].value == 5

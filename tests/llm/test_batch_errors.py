@@ -60,6 +60,7 @@ def test_failed_lines_are_logged_never_cached_and_requested_again_online(dataset
         errors = _lines(dataset / "work" / "batch" / "errors.jsonl")
         assert {e["custom_id"] for e in errors} == water_keys
         assert {e["response"]["status_code"] for e in errors} == {500}
+        assert {e["part"] for e in errors} == {"input-0000.jsonl"}  # each line names its part
         assert not any(key in job.cache for key in water_keys)
         assert all(job.cache.get(key) is None for key in water_keys)
         assert _water_kinds(dataset) == [["original"]] * 3
@@ -103,11 +104,14 @@ def test_answers_for_requests_of_other_parts_are_not_stored(dataset):
         output_id = state["parts"][0]["output_file_id"]
         stored = server.files[output_id]
         records = _lines_of_bytes(stored["data"])
+        replaced = records[0]["custom_id"]
         records[0]["custom_id"] = "f" * 64
         stored["data"] = ("\n".join(json.dumps(r) for r in records) + "\n").encode()
         counts, _ = job.collect(files, client)
     assert counts["stored"] == 11 and counts["errors"] == 1
     assert "f" * 64 not in job.cache
+    # The part records its own request as missing, not the foreign line.
+    assert job.load_state()["parts"][0]["failures"] == {replaced: "batch_missing"}
 
 
 def _lines_of_bytes(data: bytes) -> list[dict]:

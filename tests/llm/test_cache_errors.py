@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import locale
+import sys
+import time
+import warnings
 
 import pytest
 
@@ -45,10 +49,50 @@ def test_torn_and_foreign_entries_are_misses_and_do_not_hide_others(tmp_path):
     foreign.write_text(json.dumps({"key": "other", "response": {}}))
     with pytest.warns(UserWarning, match="ignoring unreadable cache entry"):
         assert cache.get(keys[0]) is None
-    with pytest.warns(UserWarning, match="wrong key or no response"):
+    with pytest.warns(UserWarning, match=r"\.json: wrong key or no response$"):
         assert cache.get(keys[1]) is None
     assert cache.get(keys[2])["response"]["id"] == keys[2][:6]
+    assert keys[2] in cache and request_key({**BODY, "seed": 9}, None) not in cache
     readable = [entry["key"] for entry in cache.entries()]
     assert keys[2] in readable and keys[0] not in readable
     cache.put(keys[0], {"id": "again"}, "batch")  # a torn entry is simply overwritten
     assert cache.get(keys[0])["origin"] == "batch"
+
+
+def test_entries_are_utf8_json_that_shows_the_answer_text(tmp_path):
+    # The cache is the record of what was paid for: `grep`/`jq` on it must find the answer as
+    # written (non-Latin answers would also triple in size as \uXXXX escapes).
+    key = request_key(BODY, None)
+    before = time.time()
+    ResponseCache(tmp_path).put(key, {"text": "café 東京"}, "api")
+    raw = (tmp_path / key[:2] / f"{key}.json").read_bytes()
+    assert "café 東京".encode() in raw
+    entry = json.loads(raw.decode("utf-8"))
+    assert sorted(entry) == ["created", "key", "origin", "response"]
+    assert (entry["key"], entry["origin"], entry["response"]) == (key, "api", {"text": "café 東京"})
+    assert before <= entry["created"] <= time.time()
+
+
+@pytest.fixture
+def ascii_locale():
+    """The C locale for text files opened without an encoding (as under ``LC_ALL=C``)."""
+    if sys.flags.utf8_mode:
+        pytest.skip("Python's UTF-8 mode ignores the locale")
+    previous = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_CTYPE, previous)
+
+
+def test_entries_read_back_under_a_non_utf8_locale(tmp_path, ascii_locale):
+    # A run under LC_ALL=C (cron jobs, minimal containers) must read the UTF-8 entries that
+    # another run wrote, not drop them as unreadable and pay for them again.
+    key = request_key(BODY, None)
+    cache = ResponseCache(tmp_path)
+    cache.put(key, {"text": "café"}, "api")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cache.get(key)["response"] == {"text": "café"}
+        assert [entry["key"] for entry in cache.entries()] == [key]

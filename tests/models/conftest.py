@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +22,23 @@ TINY_CONFIG = REPO / "configs" / "clipsam" / "clipsam-tiny_aerial-d.py"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-@pytest.fixture(scope="session")
-def tiny_assets(tmp_path_factory) -> dict:
-    """The tiny SigLIP folder, SAM .pth and Aerial-D set, written through the real writers."""
+@functools.cache
+def _tiny_assets_of_this_process() -> dict:
+    """Written once per process, removed when it exits. ``make mutation`` runs one pytest session
+    per mutant in processes forked from one that already wrote them; the tests only read them."""
     from aerialseg.models.tiny import write_tiny_aerial_d, write_tiny_checkpoints
 
-    root = tmp_path_factory.mktemp("tiny")
+    root = Path(tempfile.mkdtemp(prefix="aerialseg-tiny-"))
+    atexit.register(shutil.rmtree, root, True)
     paths = write_tiny_checkpoints(root / "checkpoints")
     write_tiny_aerial_d(root / "aerial_d")
     return dict(vlm=paths.vlm_path, sam=paths.sam_path, data=str(root / "aerial_d"))
+
+
+@pytest.fixture(scope="session")
+def tiny_assets() -> dict:
+    """The tiny SigLIP folder, SAM .pth and Aerial-D set, written through the real writers."""
+    return dict(_tiny_assets_of_this_process())
 
 
 def tiny_config(assets: dict, work_dir: str | None = None) -> Config:

@@ -224,6 +224,10 @@ def test_clipsam_feeds_siglip_scalars_and_the_global_logits_to_sam(tiny_cfg):
     assert torch.equal(scale, model.vlm.logit_scale) and torch.equal(bias, model.vlm.logit_bias)
     assert torch.equal(text_mask, data["inputs"]["text_mask"])
     assert text_mask.sum(1).tolist() == [4, 7]  # words + </s>, padding excluded
+    with torch.no_grad():  # the text tower saw the mask too (the tiny config passes it)
+        text = model.vlm.text(input_ids=data["inputs"]["input_ids"], attention_mask=text_mask)
+    torch.testing.assert_close(text_tokens, text.last_hidden_state)
+    torch.testing.assert_close(text_pooled, text.pooler_output)
     _, expected_logits = reference_activations(
         patches, text_tokens, text_mask, text_pooled, float(scale), float(bias)
     )

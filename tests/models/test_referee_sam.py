@@ -161,3 +161,172 @@ def test_dense_prompt_and_decoder_equal_segment_anything(sam_pair):
     assert masks.shape == (3, 1, 256, 256)
     pe = ours.grid_pe((27, 27))
     torch.testing.assert_close(pe, referee.prompt_encoder.pe_layer((27, 27))[None])
+
+
+def _tiny_referee():
+    """segment-anything's ``Sam`` built as ``_build_sam`` builds it, at the 'tiny' sizes (128 px
+    input, width 32): the fast referee of the same maths."""
+    from functools import partial
+
+    from segment_anything.modeling import (
+        ImageEncoderViT,
+        MaskDecoder,
+        PromptEncoder,
+        Sam,
+        TwoWayTransformer,
+    )
+
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            depth=2,
+            embed_dim=32,
+            img_size=128,
+            mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=2,
+            patch_size=16,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=(1,),
+            window_size=4,
+            out_chans=32,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=32, image_embedding_size=(8, 8), input_image_size=(128, 128), mask_in_chans=8
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=32, mlp_dim=64, num_heads=2),
+            transformer_dim=32,
+            iou_head_depth=3,
+            iou_head_hidden_dim=256,
+        ),
+    ).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_pair(tmp_path_factory):
+    """(ours with sdpa, ours with eager, referee) on the same tiny weights, with non-zero
+    relative-position tables (they start at zero, which would hide a wrong bias)."""
+    torch.manual_seed(3)
+    referee = _tiny_referee()
+    generator = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for name, parameter in referee.named_parameters():
+            if "rel_pos" in name:
+                parameter.copy_(0.5 * torch.randn(parameter.shape, generator=generator))
+    path = tmp_path_factory.mktemp("sam_tiny") / "sam_tiny.pth"
+    torch.save(referee.state_dict(), path)
+    fused = SamParts(arch="tiny", checkpoint=str(path)).eval()
+    eager = SamParts(arch="tiny", checkpoint=str(path), attn_impl="eager").eval()
+    return fused, eager, referee
+
+
+@pytest.mark.parametrize("tile_elements", [16, None])
+def test_tiny_image_embedding_and_gradients_equal_segment_anything(
+    tiny_pair, monkeypatch, tile_elements
+):
+    """Both attention implementations, in one tile or in one-row tiles, against segment-anything's
+    encoder: the embedding and the gradients of the pixels and of every weight."""
+    from aerialseg.models import sam as sam_module
+
+    if tile_elements is not None:
+        monkeypatch.setattr(sam_module, "_TILE_ELEMENTS", tile_elements)
+    fused, eager, referee = tiny_pair
+    assert (fused.attn_impl, eager.attn_impl) == ("sdpa", "eager")
+    assert all(block.attn.impl == "eager" for block in eager.image_encoder.blocks)
+    generator = torch.Generator().manual_seed(5)
+    # Three images: 24 window tiles of 16 tokens, more batch-heads than tokens per window.
+    pixels = torch.randn(3, 3, 128, 128, generator=generator)
+    outputs, grads = [], []
+    for encoder in (fused.image_encoder, eager.image_encoder, referee.image_encoder):
+        encoder.zero_grad()
+        x = pixels.clone().requires_grad_(True)
+        embedding = encoder(x) if encoder is referee.image_encoder else None
+        if embedding is None:
+            owner = fused if encoder is fused.image_encoder else eager
+            embedding = owner.embed_image(x)
+        (embedding * torch.linspace(-1, 1, embedding.numel()).view_as(embedding)).sum().backward()
+        outputs.append(embedding.detach())
+        grads.append([x.grad, *(p.grad for p in encoder.parameters())])
+    assert outputs[0].shape == (3, 32, 8, 8)
+    for output, grad in zip(outputs[:2], grads[:2]):
+        torch.testing.assert_close(output, outputs[2], atol=1e-5, rtol=1e-5)
+        for mine, theirs in zip(grad, grads[2]):
+            torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-4)
+
+
+def test_tiny_prompt_paths_and_decoder_equal_segment_anything(tiny_pair):
+    fused, _, referee = tiny_pair
+    assert (fused.image_size, fused.embed_dim, fused.mask_input_size) == (128, 32, (32, 32))
+    generator = torch.Generator().manual_seed(6)
+    logits = 4 * torch.randn(3, 1, 5, 5, generator=generator)
+    embeddings = torch.randn(2, 32, 8, 8, generator=generator)
+    sparse = torch.randn(3, 4, 32, generator=generator)
+    image_index = torch.tensor([1, 0, 1])
+    with torch.no_grad():
+        dense = fused.embed_dense_prompt(logits)
+        resized = F.interpolate(logits, size=(32, 32), mode="bilinear", align_corners=False)
+        _, expected_dense = referee.prompt_encoder(points=None, boxes=None, masks=resized)
+        torch.testing.assert_close(dense, expected_dense, atol=1e-5, rtol=1e-5)
+        masks, iou = fused.decode(embeddings, image_index, sparse, dense)
+        for prompt, image in enumerate(image_index.tolist()):
+            expected_mask, expected_iou = referee.mask_decoder(
+                image_embeddings=embeddings[image : image + 1],
+                image_pe=referee.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse[prompt : prompt + 1],
+                dense_prompt_embeddings=expected_dense[prompt : prompt + 1],
+                multimask_output=False,
+            )
+            torch.testing.assert_close(masks[prompt : prompt + 1], expected_mask)
+            torch.testing.assert_close(iou[prompt : prompt + 1], expected_iou)
+        pe = fused.grid_pe((5, 7))
+    torch.testing.assert_close(pe, referee.prompt_encoder.pe_layer((5, 7))[None])
+    assert masks.shape == (3, 1, 32, 32) and pe.shape == (1, 32, 5, 7)
+
+
+def test_tiny_activation_checkpointing_keeps_values_and_gradients(tiny_pair):
+    """``with_cp`` recomputes the blocks in training only; values and gradients are unchanged."""
+    fused, _, _ = tiny_pair
+    checkpointed = SamParts(arch="tiny", with_cp=True)
+    checkpointed.load_state_dict(fused.state_dict())
+    assert checkpointed.image_encoder.with_cp and not fused.image_encoder.with_cp
+    calls = {"plain": [], "checkpointed": []}
+    handles = [
+        block.register_forward_pre_hook(lambda module, args, runs=runs: runs.append(1))
+        for model, runs in ((fused, calls["plain"]), (checkpointed, calls["checkpointed"]))
+        for block in model.image_encoder.blocks
+    ]
+    generator = torch.Generator().manual_seed(7)
+    pixels = torch.randn(1, 3, 128, 128, generator=generator, requires_grad=True)
+    results = []
+    for model in (fused, checkpointed):
+        model.train()
+        model.zero_grad()
+        model.embed_image(pixels).square().mean().backward()
+        results.append([p.grad.clone() for p in model.image_encoder.parameters()])
+        model.eval()
+    with torch.no_grad():
+        checkpointed.embed_image(pixels)  # evaluation: nothing to recompute
+    for handle in handles:
+        handle.remove()
+    # Checkpointed blocks run twice per training step (forward and the recomputation in
+    # backward), once in evaluation; the plain encoder runs them once.
+    blocks = len(checkpointed.image_encoder.blocks)
+    assert (len(calls["plain"]), len(calls["checkpointed"])) == (blocks, 3 * blocks)
+    for mine, theirs in zip(*results):
+        torch.testing.assert_close(mine, theirs)
+
+
+@pytest.mark.parametrize(
+    ("batch_heads", "queries", "keys"),
+    [(2, 16, 16), (5, 3000, 4096), (24, 4096, 4096), (64, 300, 1000)],
+)
+def test_attention_tiles_cover_each_row_once_within_the_budget(batch_heads, queries, keys):
+    from aerialseg.models.sam import _TILE_ELEMENTS, _tiles
+
+    covered = torch.zeros(batch_heads, queries, dtype=torch.long)
+    for heads, rows in _tiles(batch_heads, queries, keys):
+        assert (heads.stop - heads.start) * (rows.stop - rows.start) * keys <= _TILE_ELEMENTS
+        covered[heads, rows] += 1
+    assert (covered == 1).all()

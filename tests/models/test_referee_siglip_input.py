@@ -125,8 +125,10 @@ def siglip2_folder(tmp_path_factory):
 
 
 def _preprocessor(folder: str, lowercase: bool = True) -> ReferringDataPreProcessor:
+    """Lower-casing is the default (SigLIP 2's rule), so it is only ever switched off here."""
+    option = {} if lowercase else dict(lowercase=False)
     return ReferringDataPreProcessor(
-        vlm_path=folder, size=CANVAS, text_length=TEXT_LENGTH, lowercase=lowercase
+        vlm_path=folder, size=CANVAS, text_length=TEXT_LENGTH, **option
     )
 
 
@@ -154,6 +156,18 @@ def test_without_lower_casing_the_text_is_tokenized_as_written(siglip2_folder):
     ids, mask = _preprocessor(siglip2_folder, lowercase=False).tokenize(TEXTS)
     expected_ids, expected_mask = _referee_tokens(siglip2_folder, TEXTS)
     assert torch.equal(ids, expected_ids) and torch.equal(mask, expected_mask)
+
+
+def test_surrounding_whitespace_is_dropped_before_tokenizing(siglip2_folder):
+    ids, mask = _preprocessor(siglip2_folder).tokenize(["  The Red Car \n"])
+    expected_ids, expected_mask = _referee_tokens(siglip2_folder, ["the red car"])
+    assert torch.equal(ids, expected_ids) and torch.equal(mask, expected_mask)
+    raw_ids, raw_mask = _referee_tokens(siglip2_folder, ["  the red car \n"])
+    assert not torch.equal(raw_ids, expected_ids)  # this tokenizer keeps the spaces
+    keeps_spaces = _preprocessor(siglip2_folder)
+    keeps_spaces.strip_text = False  # as RSRefSeg 2's preprocessor does
+    ids, mask = keeps_spaces.tokenize(["  The Red Car \n"])
+    assert torch.equal(ids, raw_ids) and torch.equal(mask, raw_mask)
 
 
 def test_text_length_is_the_models_position_count(siglip2_folder):

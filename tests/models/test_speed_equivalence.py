@@ -17,6 +17,7 @@ import torch
 from peft.tuners.lora.layer import Linear as PeftLoraLinear
 from torch import nn
 
+from aerialseg.models import lora_fused
 from aerialseg.models import sam as sam_module
 from aerialseg.models.lora import apply_lora
 from tests.models.conftest import BLUE_BOX, RED_BOX, build_model, square_batch
@@ -104,8 +105,19 @@ def test_the_fused_backward_matches_autograd_on_random_bias():
     torch.testing.assert_close(out, reference(*tensors))
 
 
+class _Replay(nn.Module):
+    """A dropout that multiplies by recorded masks, in order (identity in eval mode)."""
+
+    def __init__(self, noises):
+        super().__init__()
+        self.noises = noises
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * next(self.noises) if self.training else x
+
+
 @pytest.mark.parametrize("dropout", [0.0, 0.5])
-def test_fused_lora_matches_peft(dropout):
+def test_fused_lora_matches_peft(dropout, monkeypatch):
     torch.manual_seed(0)
     fused = nn.Sequential(nn.Linear(12, 24), nn.GELU(), nn.Linear(24, 8))
     apply_lora(fused, dict(r=4, alpha=8, dropout=dropout, target_modules=["0", "2"]), "test")
@@ -117,12 +129,28 @@ def test_fused_lora_matches_peft(dropout):
     assert _use_peft_forward(reference) == 2
     assert all(type(m) is PeftLoraLinear for m in reference.modules() if "Lora" in type(m).__name__)
     x = torch.randn(3, 5, 12)
+    # The fused layers draw their dropout masks with lora_fused.dropout_noise (another random
+    # stream than nn.Dropout's); peft's forward replays exactly those masks.
+    noises = []
+    if dropout:
+        draw = lora_fused.dropout_noise
 
-    for model in (fused, reference):  # training: same dropout masks from the same seed
+        def record(*args, **kwargs):
+            noises.append(draw(*args, **kwargs))
+            return noises[-1]
+
+        monkeypatch.setattr(lora_fused, "dropout_noise", record)
+        replay = iter(noises)
+        for layer in reference.modules():
+            if isinstance(layer, PeftLoraLinear):
+                layer.lora_dropout[layer.active_adapters[0]] = _Replay(replay)
+
+    for model in (fused, reference):  # training
         model.train()
-        torch.manual_seed(1)
         model.output = model(x)
         model.output.square().sum().backward()
+    if dropout:
+        assert len(noises) == 2 and all((noise == 0).any() for noise in noises)
     torch.testing.assert_close(fused.output, reference.output)
     for (name, p_fused), p_reference in zip(fused.named_parameters(), reference.parameters()):
         if p_fused.requires_grad:

@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from aerialformats.rle import encode_mask
 from aerialseg.demo import (
     CONTROL_SET,
     TEST_SET,
     ShuffledExpressionDataset,
     apply_cpu_plan,
+    cached_pipeline,
     cpu_plan,
     run_demo,
 )
@@ -63,6 +65,106 @@ def test_shuffled_expression_dataset_gives_every_sample_another_samples_text(tmp
     for seed in range(5):
         control = ShuffledExpressionDataset(inner, seed=seed)
         assert all(control.get_data_info(i)["text"] != repeated[i] for i in range(9))
+
+
+# The head of the tiny configs' train pipeline (configs/_base_/datasets/tiny_aerial_d.py).
+TINY_HEAD = [
+    dict(type="LoadImageFromFile"),
+    dict(type="LoadReferringMask"),
+    dict(type="ReferringResize", scale=(32, 32), keep_ratio=True),
+]
+
+
+def write_scenes(folder: Path, count: int) -> list[dict]:
+    """``count`` random 48 x 40 PNGs, each with a random target mask; their sample dicts."""
+    rng = np.random.default_rng(0)
+    samples = []
+    for index in range(count):
+        path = folder / f"scene{index}.png"
+        Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)).save(path)
+        mask = rng.random((48, 40)) < 0.3
+        samples.append(
+            dict(
+                img_path=str(path),
+                sample_idx=index,
+                text=f"expression {index}",
+                mask_rle=encode_mask(mask),
+            )
+        )
+    return samples
+
+
+def test_cached_transforms_replay_the_uncached_pipeline_without_rereading(tmp_path):
+    from mmcv.transforms import Compose
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import TRANSFORMS
+
+    init_default_scope("mmseg")
+    samples = write_scenes(tmp_path, 3)
+    referee = Compose(TINY_HEAD)
+    expected = [referee(dict(sample)) for sample in samples]
+    cached = TRANSFORMS.build(dict(type="CachedTransforms", transforms=TINY_HEAD))
+    for sample in samples:
+        got = cached(dict(sample))
+        assert got["img"].shape == (32, 27, 3)  # resized, like the referee
+        got["img"][:] = 0  # a consumer writing into its sample must not reach the cache
+        got["gt_seg_map"][:] = 7
+    for path in tmp_path.glob("*.png"):
+        path.unlink()  # later visits must not read the files again
+    for sample, want in reversed(list(zip(samples, expected))):
+        swapped = dict(sample, text="another sample's expression")  # a control set's swap
+        got = cached(swapped)
+        assert got["text"] == "another sample's expression"
+        assert sorted(got) == sorted(want)
+        for name in want:
+            if name == "text":
+                continue
+            if isinstance(want[name], np.ndarray):
+                np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+            else:
+                assert got[name] == want[name], name
+        assert got["seg_fields"] == ["gt_seg_map"]
+
+
+def test_cached_transforms_forget_the_least_recent_sample_and_refuse_random_ones(tmp_path):
+    from mmcv.transforms import Compose
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import TRANSFORMS
+
+    init_default_scope("mmseg")
+    samples = write_scenes(tmp_path, 2)
+    cached = TRANSFORMS.build(dict(type="CachedTransforms", transforms=TINY_HEAD, max_items=1))
+    cached(dict(samples[0]))
+    cached(dict(samples[1]))  # pushes sample 0 out
+    Path(samples[0]["img_path"]).unlink()
+    cached(dict(samples[1]))  # still cached
+    with pytest.raises(FileNotFoundError):
+        cached(dict(samples[0]))
+    with pytest.raises(KeyError, match="sample_idx"):
+        cached({key: value for key, value in samples[1].items() if key != "sample_idx"})
+    # Wrapped after the loaders, its input already holds arrays (compared without ==).
+    loaded = Compose(TINY_HEAD[:2])(dict(samples[1]))
+    resize_only = TRANSFORMS.build(dict(type="CachedTransforms", transforms=TINY_HEAD[2:]))
+    want = Compose(TINY_HEAD[2:])(dict(loaded))
+    for _ in range(2):
+        got = resize_only(dict(loaded))
+        np.testing.assert_array_equal(got["img"], want["img"])
+        np.testing.assert_array_equal(got["gt_seg_map"], want["gt_seg_map"])
+        assert got["img_shape"] == want["img_shape"] == (32, 27)
+    with pytest.raises(ValueError, match="RandomFlip"):
+        TRANSFORMS.build(
+            dict(type="CachedTransforms", transforms=[dict(type="RandomFlip", prob=0.5)])
+        )
+
+
+def test_cached_pipeline_keeps_packing_outside_the_cache():
+    pack = dict(type="PackReferringInputs")
+    assert cached_pipeline([*TINY_HEAD, pack]) == [
+        dict(type="CachedTransforms", transforms=TINY_HEAD),
+        pack,
+    ]
+    with pytest.raises(ValueError, match="PackReferringInputs"):
+        cached_pipeline(TINY_HEAD)
 
 
 AUTO = dict(torch=1, datagen_workers="auto", dataloader_workers=0)

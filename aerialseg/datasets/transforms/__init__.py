@@ -1,5 +1,6 @@
 """Registered data transforms for referring segmentation."""
 
+from aerialseg.datasets.transforms.caching import CachedTransforms
 from aerialseg.datasets.transforms.formatting import REFERRING_META_KEYS, PackReferringInputs
 from aerialseg.datasets.transforms.geometric import ReferringResize
 from aerialseg.datasets.transforms.historic import (
@@ -11,6 +12,7 @@ from aerialseg.datasets.transforms.historic import (
 from aerialseg.datasets.transforms.loading import LoadReferringMask
 
 __all__ = [
+    "CachedTransforms",
     "HISTORIC_MODES",
     "REFERRING_META_KEYS",
     "SEPIA_RGB_MATRIX",
