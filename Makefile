@@ -8,6 +8,8 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip
 STAMP := $(VENV)/.aerialseg-installed
 PYTEST_ARGS ?=
+# Test worker processes (pytest-xdist), one per core of a 2-core machine; 0 runs in this process.
+TEST_WORKERS ?= 2
 
 .PHONY: help install demo test lint format pytest bench mutation clean
 
@@ -52,7 +54,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 pytest: install
-	$(BIN)/python -m pytest --cov --cov-report=term $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --cov --cov-report=term $(PYTEST_ARGS)
 
 test: lint pytest
 

@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 INSTALL_STAMP = ".venv/.aerialseg-installed"  # the Makefile's $(STAMP), as make names it
 TARGET_SECONDS = {"demo": 300, "test": 600}
 QUICK_OPTIONS = ["train.max_iters=10", "train.log_interval=5", "overlays.count=1"]
-TEST_PLAN = "1 pytest process, 1 torch thread per test (tests/conftest.py)"
+TEST_PLAN = "2 pytest-xdist workers (TEST_WORKERS), 1 torch thread per test (tests/conftest.py)"
 # A spinner: busy until its deadline, so it never outlives the benchmark even if this script is
 # killed with SIGKILL.
 SPIN = (
