@@ -129,22 +129,20 @@ def test_image_embedding_equals_segment_anything(sam_pair):
     assert expected.shape == (1, 256, 64, 64)
 
 
-def test_dense_prompt_and_decoder_equal_segment_anything(sam_pair):
-    """The dense prompt path (logits resized to 256 x 256, then SAM's mask downscaling) and the
-    decoder with prompts of two images in mixed order, one referee call per prompt."""
-    ours, referee = sam_pair
-    generator = torch.Generator().manual_seed(2)
-    logits = 4 * torch.randn(3, 1, 27, 27, generator=generator)
-    embeddings = torch.randn(2, 256, 64, 64, generator=generator)
-    sparse = torch.randn(3, 49, 256, generator=generator)
-    image_index = torch.tensor([1, 0, 1])
+def _assert_prompt_paths_equal(
+    ours, referee, logits, embeddings, sparse, image_index, mask_tol, iou_tol
+):
+    """Dense prompt (logits resized to SAM's mask-input size, then its mask downscaling) and the
+    decoder, one referee call per prompt (prompts of several images in mixed order).
+
+    Returns our masks (P x 1 x H x W)."""
+    size = referee.prompt_encoder.mask_input_size
     with torch.no_grad():
         dense = ours.embed_dense_prompt(logits)
-        resized = F.interpolate(logits, size=(256, 256), mode="bilinear", align_corners=False)
+        resized = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         no_points, expected_dense = referee.prompt_encoder(points=None, boxes=None, masks=resized)
         torch.testing.assert_close(dense, expected_dense, atol=1e-5, rtol=1e-5)
-        assert no_points.shape == (3, 0, 256)
-
+        assert no_points.shape == (len(logits), 0, embeddings.shape[1])
         masks, iou = ours.decode(embeddings, image_index, sparse, dense)
         for prompt, image in enumerate(image_index.tolist()):
             expected_mask, expected_iou = referee.mask_decoder(
@@ -154,10 +152,30 @@ def test_dense_prompt_and_decoder_equal_segment_anything(sam_pair):
                 dense_prompt_embeddings=expected_dense[prompt : prompt + 1],
                 multimask_output=False,
             )
-            torch.testing.assert_close(
-                masks[prompt : prompt + 1], expected_mask, atol=1e-4, rtol=1e-4
-            )
-            torch.testing.assert_close(iou[prompt : prompt + 1], expected_iou, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(masks[prompt : prompt + 1], expected_mask, **mask_tol)
+            torch.testing.assert_close(iou[prompt : prompt + 1], expected_iou, **iou_tol)
+    return masks
+
+
+def test_dense_prompt_and_decoder_equal_segment_anything(sam_pair):
+    """The dense prompt path (logits resized to 256 x 256, then SAM's mask downscaling) and the
+    decoder with prompts of two images in mixed order, one referee call per prompt."""
+    ours, referee = sam_pair
+    generator = torch.Generator().manual_seed(2)
+    logits = 4 * torch.randn(3, 1, 27, 27, generator=generator)
+    embeddings = torch.randn(2, 256, 64, 64, generator=generator)
+    sparse = torch.randn(3, 49, 256, generator=generator)
+    image_index = torch.tensor([1, 0, 1])
+    masks = _assert_prompt_paths_equal(
+        ours,
+        referee,
+        logits,
+        embeddings,
+        sparse,
+        image_index,
+        mask_tol=dict(atol=1e-4, rtol=1e-4),
+        iou_tol=dict(atol=1e-5, rtol=1e-5),
+    )
     assert masks.shape == (3, 1, 256, 256)
     pe = ours.grid_pe((27, 27))
     torch.testing.assert_close(pe, referee.prompt_encoder.pe_layer((27, 27))[None])
@@ -264,23 +282,17 @@ def test_tiny_prompt_paths_and_decoder_equal_segment_anything(tiny_pair):
     embeddings = torch.randn(2, 32, 8, 8, generator=generator)
     sparse = torch.randn(3, 4, 32, generator=generator)
     image_index = torch.tensor([1, 0, 1])
-    with torch.no_grad():
-        dense = fused.embed_dense_prompt(logits)
-        resized = F.interpolate(logits, size=(32, 32), mode="bilinear", align_corners=False)
-        _, expected_dense = referee.prompt_encoder(points=None, boxes=None, masks=resized)
-        torch.testing.assert_close(dense, expected_dense, atol=1e-5, rtol=1e-5)
-        masks, iou = fused.decode(embeddings, image_index, sparse, dense)
-        for prompt, image in enumerate(image_index.tolist()):
-            expected_mask, expected_iou = referee.mask_decoder(
-                image_embeddings=embeddings[image : image + 1],
-                image_pe=referee.prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse[prompt : prompt + 1],
-                dense_prompt_embeddings=expected_dense[prompt : prompt + 1],
-                multimask_output=False,
-            )
-            torch.testing.assert_close(masks[prompt : prompt + 1], expected_mask)
-            torch.testing.assert_close(iou[prompt : prompt + 1], expected_iou)
-        pe = fused.grid_pe((5, 7))
+    masks = _assert_prompt_paths_equal(
+        fused,
+        referee,
+        logits,
+        embeddings,
+        sparse,
+        image_index,
+        mask_tol=dict(atol=1e-5, rtol=1.3e-6),  # torch's float32 defaults
+        iou_tol=dict(atol=1e-5, rtol=1.3e-6),
+    )
+    pe = fused.grid_pe((5, 7))
     torch.testing.assert_close(pe, referee.prompt_encoder.pe_layer((5, 7))[None])
     assert masks.shape == (3, 1, 32, 32) and pe.shape == (1, 32, 5, 7)
 
