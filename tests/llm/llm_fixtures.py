@@ -15,7 +15,10 @@ from aerialseg.datasets.aerial_d_format import (
     RLEMask,
     write_patch_xml,
 )
+from llm.backend import make_client
+from llm.batch import BatchJob
 from llm.config import EnhanceConfig
+from llm.targets import discover_annotations
 
 
 def _box_mask(box: tuple[int, int, int, int], size: int) -> np.ndarray:
@@ -104,3 +107,15 @@ def make_config(base_url: str, **sections) -> EnhanceConfig:
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
     return EnhanceConfig.model_validate(data)
+
+
+def submitted_batch_job(base_url: str, dataset: Path):
+    """A batch job over ``dataset``'s annotations, prepared in ``dataset / "work"`` and submitted
+    to the server at ``base_url``: ``(job, annotation files, client)``."""
+    config = make_config(base_url)
+    job = BatchJob(config, dataset / "work")
+    files = discover_annotations(dataset)
+    job.prepare(files)
+    client = make_client(config.backend)
+    job.submit(client)
+    return job, files, client

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from llm_fixtures import make_config
+from llm_fixtures import make_config, submitted_batch_job
 
 from aerialseg.datasets.aerial_d_format import read_patch_xml
 from llm.backend import make_client
@@ -75,12 +75,7 @@ def test_failed_lines_are_logged_never_cached_and_requested_again_online(dataset
 
 def test_a_client_error_line_is_not_cached_either(dataset):
     with LoopbackServer(_water_fails(400), batch_polls=0) as server:
-        config = make_config(server.base_url)
-        job = BatchJob(config, dataset / "work")
-        files = discover_annotations(dataset)
-        job.prepare(files)
-        client = make_client(config.backend)
-        job.submit(client)
+        job, files, client = submitted_batch_job(server.base_url, dataset)
         job.status(client)
         counts, _ = job.collect(files, client)
     assert counts["stored"] == 9 and counts["errors"] == 3
@@ -92,12 +87,7 @@ def test_a_client_error_line_is_not_cached_either(dataset):
 def test_answers_for_requests_of_other_parts_are_not_stored(dataset):
     """An output line whose custom_id the part never sent is an error, not an answer."""
     with LoopbackServer(batch_polls=0) as server:
-        config = make_config(server.base_url)
-        job = BatchJob(config, dataset / "work")
-        files = discover_annotations(dataset)
-        job.prepare(files)
-        client = make_client(config.backend)
-        job.submit(client)
+        job, files, client = submitted_batch_job(server.base_url, dataset)
         job.status(client)
         job.status(client)  # completed: the output file exists now
         state = job.load_state()

@@ -9,7 +9,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from llm_fixtures import make_config
+from llm_fixtures import make_config, submitted_batch_job
 
 from llm.backend import make_client
 from llm.batch import BatchJob, RequestTooLargeError, _error_reason, _PartWriter
@@ -131,12 +131,7 @@ def test_submit_resumes_without_uploading_twice_and_labels_the_batch(dataset):
 
 def test_status_polls_only_running_batches_and_collect_reads_past_blank_lines(dataset, capsys):
     with LoopbackServer(batch_polls=0) as server:
-        config = make_config(server.base_url)
-        job = BatchJob(config, dataset / "work")
-        files = discover_annotations(dataset)
-        job.prepare(files)
-        client = make_client(config.backend)
-        job.submit(client)
+        job, files, client = submitted_batch_job(server.base_url, dataset)
         polled = []
 
         def retrieve(batch_id):
@@ -163,12 +158,7 @@ def test_status_polls_only_running_batches_and_collect_reads_past_blank_lines(da
 
 def test_a_batch_without_an_output_file_records_every_line_from_its_error_file(dataset):
     with LoopbackServer(lambda body, seen: Reply(status=500), batch_polls=0) as server:
-        config = make_config(server.base_url)
-        job = BatchJob(config, dataset / "work")
-        files = discover_annotations(dataset)
-        job.prepare(files)
-        client = make_client(config.backend)
-        job.submit(client)
+        job, files, client = submitted_batch_job(server.base_url, dataset)
         counts, _ = job.collect(files, client)
         counts_after_polls = counts
         while counts_after_polls["parts_collected"] == 0:

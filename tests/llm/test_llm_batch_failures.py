@@ -6,7 +6,7 @@ import io
 import json
 from types import SimpleNamespace
 
-from llm_fixtures import make_config
+from llm_fixtures import make_config, submitted_batch_job
 
 from llm.backend import make_client
 from llm.batch import BatchJob
@@ -124,12 +124,7 @@ def test_failed_expired_and_missing_lines_are_recorded_reported_and_rebatched(da
 
 def test_a_dead_batch_returns_all_its_lines(dataset):
     with LoopbackServer(batch_polls=5) as server:
-        config = make_config(server.base_url)
-        job = BatchJob(config, dataset / "work")
-        files = discover_annotations(dataset)
-        job.prepare(files)
-        real = make_client(config.backend)
-        job.submit(real)
+        job, files, real = submitted_batch_job(server.base_url, dataset)
 
         def retrieve(batch_id):  # the provider cancelled it before any line ran
             batch = real.batches.retrieve(batch_id)
