@@ -250,7 +250,12 @@ MODULES = (
     Module(
         "expressions",
         ("datagen/expressions.py",),
-        ("tests/datagen/test_rules.py", "tests/datagen/test_uniqueness.py"),
+        (
+            "tests/datagen/test_rules.py",
+            "tests/datagen/test_uniqueness.py",
+            "tests/datagen/test_expressions.py",
+            "tests/datagen/test_expressions_stage.py",
+        ),
     ),
     Module(
         "llm_schema",

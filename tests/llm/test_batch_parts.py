@@ -11,10 +11,13 @@ from types import SimpleNamespace
 import pytest
 from llm_fixtures import make_config, submitted_batch_job
 
+from aerialseg.datasets.aerial_d_format import read_patch_xml, write_patch_xml
+from llm import batch as batch_module
 from llm.backend import make_client
 from llm.batch import BatchJob, RequestTooLargeError, _error_reason, _PartWriter
 from llm.enhance import RunOptions
 from llm.loopback_server import LoopbackServer, Reply
+from llm.prompt import prompt_version
 from llm.targets import discover_annotations
 
 
@@ -91,6 +94,42 @@ def test_prepare_is_quiet_unless_asked(dataset, capsys):
     assert capsys.readouterr().err == ""
     BatchJob(config, dataset / "loud").prepare(files, RunOptions(progress=True))
     assert "llm batch prepare" in capsys.readouterr().err
+
+
+def test_prepare_counts_what_it_leaves_out_and_records_the_prompt_version(dataset, monkeypatch):
+    """An unreadable image costs its targets (counted), not the rest of the run; a request
+    already written in this run or already cached is not written again; the part records the
+    prompt version and keeps non-ASCII text as UTF-8; the default part limits are the
+    documented 50,000 requests and 190 MB (under OpenAI's 200 MB per file)."""
+    limits = []
+
+    class LimitsSeen(_PartWriter):
+        def __init__(self, folder, first_index, max_requests, max_bytes):
+            limits.append((max_requests, max_bytes))
+            super().__init__(folder, first_index, max_requests, max_bytes)
+
+    monkeypatch.setattr(batch_module, "_PartWriter", LimitsSeen)
+    files = discover_annotations(dataset)
+    first = read_patch_xml(files[0].source)
+    first.objects[0].expressions[0].text = "the café's small vehicle"
+    write_patch_xml(first, files[0].source)
+    (dataset / "train" / "images" / f"{files[-1].source.stem}.png").write_bytes(b"no image")
+    config = make_config("http://127.0.0.1:9/v1")  # prepare never calls the server
+    job = BatchJob(config, dataset / "work")
+    summary = job.prepare(files + files[:1])  # the first file twice
+    assert (summary.requests, summary.render_errors, summary.skipped_in_flight) == (8, 4, 4)
+    assert (summary.parts, summary.skipped_cached) == (1, 0)
+    assert limits == [(50_000, 190_000_000)]
+    (part,) = job.load_state()["parts"]
+    assert part["prompt_version"] == prompt_version(config)
+    data = (job.folder / part["input"]).read_bytes()
+    assert "the café's small vehicle".encode() in data and len(data) == part["bytes"]
+
+    for key in part["keys"][:2]:
+        job.cache.put(key, {"choices": []}, origin="batch")
+    again = job.prepare(files)
+    assert (again.requests, again.skipped_cached, again.skipped_in_flight) == (0, 2, 6)
+    assert again.render_errors == 4
 
 
 def test_submit_resumes_without_uploading_twice_and_labels_the_batch(dataset):

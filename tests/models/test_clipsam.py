@@ -135,14 +135,20 @@ def test_lora_trainable_counts_match_the_config(tiny_cfg, rank):
 
 def test_trainable_set_and_lora_targets_are_checked(tiny_cfg):
     cfg = copy.deepcopy(tiny_cfg)
-    cfg.model.trainable = ["prompter", "vlm.logit_scale"]
+    cfg.model.trainable = ["vlm.logit_scale", "prompter"]  # a parameter, then a module
     model = build_model(cfg)
     assert model.vlm.logit_scale.requires_grad and not model.vlm.logit_bias.requires_grad
+    assert all(p.requires_grad for p in model.prompter.parameters())
     assert not any(p.requires_grad for p in model.sam.mask_decoder.parameters())
+    assert model.trainable == ("vlm.logit_scale", "prompter")
 
     cfg.model.trainable = ["sam.mask_decoderr"]
-    with pytest.raises(ValueError, match="'sam.mask_decoderr', which is neither"):
+    with pytest.raises(ValueError) as refused:
         build_model(cfg)
+    assert str(refused.value) == (
+        "'trainable' names 'sam.mask_decoderr', which is neither a sub-module nor a parameter of "
+        "ClipSAM (e.g. 'prompter', 'vlm.logit_scale')"
+    )
     cfg = copy.deepcopy(tiny_cfg)
     cfg.model.loss_activation = [dict(type="CrossEntropyLoss", use_sigmoid=True)]
     with pytest.raises(ValueError, match=r"reuses the loss names \['loss_ce'\]"):

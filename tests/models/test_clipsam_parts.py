@@ -6,16 +6,20 @@ frozen, and what the checkpoints hold."""
 from __future__ import annotations
 
 import copy
+import logging
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from mmengine.logging import MMLogger
 from mmseg.models.segmentors.base import BaseSegmentor
 from mmseg.structures import SegDataSample
 from torch import nn
 
+from aerialseg.models.mask_loss import ReferringMaskLoss
+from aerialseg.models.prompter import ActivationPrompter
 from tests.models.conftest import BLUE_BOX, RED_BOX, build_model, square_batch, tiny_config
 
 RED_AND_BLUE = [("the red square", RED_BOX), ("the blue square", BLUE_BOX)]
@@ -180,9 +184,11 @@ def test_without_dense_prompt_sam_gets_its_no_mask_embedding(tiny_assets):
         dense_prompt=False,
         loss_iou_weight=0,
         trainable=["prompter", "sam.prompt_encoder", "sam.mask_decoder"],
+        save_frozen_weights=True,
     )
     cfg.model.lora.vlm_text = None  # a tower without LoRA
     model = build_model(cfg).eval()
+    assert model.state_dict().keys() == nn.Module.state_dict(model).keys()  # frozen ones too
     assert not any("lora_" in name for name, _ in model.vlm.text.named_parameters())
     assert any("lora_" in name for name, _ in model.vlm.vision.named_parameters())
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -237,7 +243,9 @@ def test_construction_errors_name_the_problem(tiny_assets):
     cfg = tiny_config(tiny_assets)
     no_folder = copy.deepcopy(cfg)
     no_folder.model.vlm = dict(config=dict(text_config={}, vision_config={}))
-    with pytest.raises(ValueError, match="data_preprocessor.vlm_path is needed"):
+    with pytest.raises(
+        ValueError, match=r"^data_preprocessor\.vlm_path is needed when vlm has no 'pretrained'$"
+    ):
         build_model(no_folder)
     default_preprocessor = copy.deepcopy(cfg)
     default_preprocessor.model.data_preprocessor = None  # ReferringDataPreProcessor for SAM's 1024
@@ -258,3 +266,74 @@ def test_construction_errors_name_the_problem(tiny_assets):
     other_size.model.data_preprocessor.vlm_path = tiny_assets["vlm"]
     with pytest.raises(ValueError, match="resizes to 64, but the vision tower expects 32"):
         build_model(other_size)
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_a_minimal_config_gets_the_defaults_and_keeps_its_own_settings(tiny_assets):
+    """Left out of the config: the global map as SAM's dense prompt, the CE 0.9 + Dice 0.1 mask
+    losses, the IoU loss at weight 1, no activation loss, the 0.5 threshold and checkpoints
+    without frozen tensors. Given: the prompter config and ``init_cfg`` (applied by mmengine's
+    ``init_weights``). The parameter table goes to the current mmengine logger at INFO."""
+    cfg = tiny_config(tiny_assets)
+    for key in (
+        "dense_prompt",
+        "loss_mask",
+        "loss_iou_weight",
+        "loss_activation",
+        "save_frozen_weights",
+        "test_cfg",
+    ):
+        cfg.model.pop(key, None)
+    cfg.model.init_cfg = dict(type="Constant", val=0.25, layer="GroupNorm")
+    logged = _Records()
+    logger = MMLogger.get_current_instance()
+    logger.addHandler(logged)
+    try:
+        model = build_model(cfg).eval()
+    finally:
+        logger.removeHandler(logged)
+    table = model.parameter_summary_lines()
+    info = [record.getMessage() for record in logged.records if record.levelno == logging.INFO]
+    start = info.index(table[0])
+    assert info[start : start + len(table)] == table
+
+    configured = ActivationPrompter(model.vlm.width, model.sam.embed_dim, **cfg.model.prompter)
+    assert repr(model.prompter) == repr(configured)  # one downsampling block, 8 groups
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert "sam.prompt_encoder.mask_downscaling.0.weight" in trainable  # the dense prompt path
+    assert "sam.prompt_encoder.no_mask_embed.weight" not in trainable
+    saved = model.state_dict()
+    assert "vlm.logit_scale" not in saved and "prompter.reduce.conv.weight" in saved
+
+    data = model.data_preprocessor(copy.deepcopy(square_batch(RED_AND_BLUE)), True)
+    labels = torch.stack([sample.gt_sem_seg.data[0] for sample in data["data_samples"]]).long()
+    with torch.no_grad():
+        outputs = model._decode_batch(data["inputs"])
+        losses = model.loss(**copy.deepcopy(data))
+        predictions = model.predict(data["inputs"], data["data_samples"])
+    documented = [
+        dict(type="CrossEntropyLoss", use_sigmoid=True, loss_weight=0.9, avg_non_ignore=True),
+        dict(type="DiceLoss", use_sigmoid=True, naive_dice=True, eps=1.0, loss_weight=0.1),
+    ]
+    expected = ReferringMaskLoss(documented)(outputs["masks"], labels)
+    mask_iou = torch.tensor(_reference_iou(outputs["masks"], labels, ignore=255))
+    expected["loss_iou"] = ((outputs["iou"][:, 0] - mask_iou) ** 2).mean()
+    expected["mask_iou"] = mask_iou.mean()
+    assert losses.keys() == expected.keys()
+    for key, value in expected.items():
+        torch.testing.assert_close(losses[key], value.float(), msg=key)
+    for prediction in predictions:
+        logits = prediction.seg_logits.data
+        assert torch.equal(prediction.pred_sem_seg.data, (logits > 0).to(torch.uint8))
+
+    model.init_weights()
+    norms = [m for m in model.prompter.modules() if isinstance(m, nn.GroupNorm)]
+    assert norms and all(bool((norm.weight == 0.25).all()) for norm in norms)

@@ -7,7 +7,6 @@ import os
 import re
 import socket
 import subprocess
-import sys
 from unittest import mock
 
 import pytest
@@ -44,7 +43,7 @@ def test_overfits_a_handful_of_samples_and_uses_the_text(tiny_cfg):
         batch["inputs"] += part["inputs"]
         batch["data_samples"] += part["data_samples"]
     torch.manual_seed(0)
-    for _ in range(120):
+    for _ in range(80):  # the IoUs pass 0.96 by step 70 (0.9 at step 60)
         model.train_step(copy.deepcopy(batch), optimizer)
     model.eval()
     with torch.no_grad():
@@ -120,8 +119,15 @@ def test_ddp_gloo_two_processes(tiny_assets, tmp_path):
         "default_hooks.logger.interval=1",
     ]
     # tools/dist_train.sh runs torchrun -> tools/train.py --launcher pytorch, which starts a gloo
-    # process group itself when no GPU is visible.
-    env = dict(os.environ, OMP_NUM_THREADS="1", PORT=str(port), PYTHON=sys.executable)
+    # process group itself when no GPU is visible. Neither PYTHON nor a python with torch on the
+    # PATH: the script must find the project's own (.venv/bin/python).
+    assert ".venv/bin/python" in (REPO / "tools/dist_train.sh").read_text()
+    env = {name: value for name, value in os.environ.items() if name != "PYTHON"} | {
+        "PATH": "/usr/bin:/bin",
+        "PORT": str(port),
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-3000:]
