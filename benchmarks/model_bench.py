@@ -35,6 +35,13 @@ reduced-depth ClipSAM-b step with and without a warm cache.
 prints the CPU seconds of each aten operator (and of each operator and input shapes) in one step
 of the current code: the thread's CPU clock read around every operator, which a busy machine
 disturbs far less than ``torch.profiler``'s wall times.
+
+    python benchmarks/model_bench.py --compile-trial --quick --threads 1
+
+times the current code's inference eagerly and with its three transformer towers (SAM image
+encoder, SigLIP vision encoder and text model) under ``torch.compile`` (inductor, plain and with
+``freezing``, which pre-packs the frozen weights for oneDNN), each in its own process: the first
+call (compilation included) and the steady state.
 """
 
 from __future__ import annotations
@@ -267,23 +274,48 @@ COMPARISON_MODELS = {"b": _clipsam_b}
 
 def _timed_steps(step, warmup: int, iters: int) -> dict:
     wall, cpu = [], []
-    for index in range(warmup + iters):
+    for _ in range(warmup + iters):
         start, start_cpu = time.perf_counter(), time.process_time()
         step()
-        if index >= warmup:
-            wall.append(time.perf_counter() - start)
-            cpu.append(time.process_time() - start_cpu)
-    return dict(seconds=min(wall), cpu_seconds=min(cpu))
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return dict(
+        seconds=min(wall[warmup:]),
+        cpu_seconds=min(cpu[warmup:]),
+        first_seconds=wall[0],
+        first_cpu_seconds=cpu[0],
+    )
+
+
+COMPILE_MODES = ("eager", "compile", "compile-freezing")
+
+
+def _compile_towers(model, mode: str) -> None:
+    """``torch.compile`` the transformer towers in place (``mode`` one of COMPILE_MODES)."""
+    if mode == "eager":
+        return
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = mode == "compile-freezing"
+    for tower in (model.sam.image_encoder, model.vlm.vision.encoder, model.vlm.text):
+        tower.compile()
 
 
 def _comparison_step(
-    model_name: str, precision: str, task: str, root: Path, code_root: Path, quick: bool
+    model_name: str,
+    precision: str,
+    task: str,
+    root: Path,
+    code_root: Path,
+    quick: bool,
+    compile_mode: str = "eager",
 ):
     """A function running one training step or one inference call of the named model."""
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
     cfg = COMPARISON_MODELS[model_name](root, code_root, quick)
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)
+    _compile_towers(model, compile_mode)
     batch = make_batch(1, model.data_preprocessor.size)
     if task == "train":
         model.train()
@@ -317,7 +349,7 @@ def comparison_worker(args) -> None:
         sys.exit(f"imported {aerialseg.__file__}, not the code under test in {code_root}")
     with tempfile.TemporaryDirectory() as tmp:
         step = _comparison_step(
-            args.model, args.precision, args.task, Path(tmp), code_root, args.quick
+            args.model, args.precision, args.task, Path(tmp), code_root, args.quick, args.compile
         )
         result = _timed_steps(step, args.warmup, args.iters)
     result.update(peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
@@ -392,11 +424,14 @@ def op_cpu_profile(args, rows: int = 30) -> str:
     return "\n".join(lines)
 
 
-def _run_worker(code_root: Path, model: str, precision: str, task: str, args) -> dict:
+def _run_worker(
+    code_root: Path, model: str, precision: str, task: str, args, compile_mode: str = "eager"
+) -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", "--code-root"]
     command += [str(code_root), "--models", model, "--precision", precision, "--task", task]
     command += ["--threads", str(args.threads), "--iters", str(args.iters)]
     command += ["--warmup", str(args.warmup)] + (["--quick"] if args.quick else [])
+    command += ["--compile", compile_mode]
     threads = str(args.threads)
     env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code_root), env.get("PYTHONPATH")]))
@@ -404,7 +439,8 @@ def _run_worker(code_root: Path, model: str, precision: str, task: str, args) ->
     lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_TAG)]
     if done.returncode or not lines:
         raise RuntimeError(
-            f"worker failed ({code_root}, {model}, {precision}, {task}):\n{done.stderr[-3000:]}"
+            f"worker failed ({code_root}, {model}, {precision}, {task}, {compile_mode}):\n"
+            f"{done.stderr[-3000:]}"
         )
     return json.loads(lines[-1][len(RESULT_TAG) :])
 
@@ -461,6 +497,38 @@ def comparison_markdown(rows: list[dict]) -> str:
             f"| {r['model']} | {r['precision']} | {r['task']} | {r['baseline_s']:.2f} "
             f"| {r['current_s']:.2f} | {r['speedup']:.2f}x | {r['cpu_speedup']:.2f}x "
             f"| {r['baseline_peak_mb']:.0f} | {r['current_peak_mb']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def compile_trial(args) -> list[dict]:
+    """The current code eagerly and with ``torch.compile``d towers, each in its own process."""
+    rows = []
+    for precision in args.precisions:
+        for task in ("infer", "train"):
+            # Freezing folds weights into constants, which only an inference graph can do.
+            modes = [m for m in COMPILE_MODES if task == "infer" or m != "compile-freezing"]
+            for mode in modes:
+                result = _run_worker(REPO, args.models[0], precision, task, args, mode)
+                print(f"{precision} {task} {mode}: {result}", flush=True)
+                rows.append(dict(precision=precision, task=task, mode=mode, **result))
+    return rows
+
+
+def compile_trial_markdown(rows: list[dict]) -> str:
+    lines = [
+        "| precision | task | mode | first call s (CPU s) | then s (CPU s) "
+        "| CPU-time speed-up vs eager | peak MB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    eager = {(r["precision"], r["task"]): r for r in rows if r["mode"] == "eager"}
+    for r in rows:
+        base = eager[(r["precision"], r["task"])]
+        lines.append(
+            f"| {r['precision']} | {r['task']} | {r['mode']} "
+            f"| {r['first_seconds']:.2f} ({r['first_cpu_seconds']:.2f}) "
+            f"| {r['seconds']:.2f} ({r['cpu_seconds']:.2f}) "
+            f"| {base['cpu_seconds'] / r['cpu_seconds']:.2f}x | {r['peak_rss_mb']:.0f} |"
         )
     return "\n".join(lines)
 
@@ -545,6 +613,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--code-root", help=argparse.SUPPRESS)
     parser.add_argument("--precision", help=argparse.SUPPRESS)
     parser.add_argument("--task", help=argparse.SUPPRESS)
+    parser.add_argument("--compile", default="eager", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--compile-trial",
+        action="store_true",
+        help="current code eager vs torch.compile'd towers (inference and training step)",
+    )
     parser.add_argument(
         "--feature-cache", action="store_true", help="per-epoch time with the frozen-tower cache"
     )
@@ -571,7 +645,7 @@ def main(argv: list[str] | None = None) -> None:
         for label, value in result.items():
             print(f"| {label} | {value if isinstance(value, str) else f'{value:.2f} s'} |")
         return
-    if args.compare or args.worker:
+    if args.compare or args.worker or args.compile_trial:
         args.models = args.models or ["b"]
         args.threads = args.threads or 2
         args.iters = args.iters or 1
@@ -579,6 +653,18 @@ def main(argv: list[str] | None = None) -> None:
         if args.worker:
             args.model = args.models[0]
             comparison_worker(args)
+            return
+        if args.compile_trial:
+            print(
+                f"torch.compile trial; torch {torch.__version__}, {args.threads} threads, "
+                f"load average {os.getloadavg()[0]:.1f}, "
+                + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+            )
+            rows = compile_trial(args)
+            print("\n" + compile_trial_markdown(rows))
+            print(f"load average at the end: {os.getloadavg()[0]:.1f}")
+            if args.json:
+                Path(args.json).write_text(json.dumps(rows, indent=2))
             return
         print(
             f"baseline {args.baseline} vs the working tree; torch {torch.__version__}, "

@@ -101,8 +101,24 @@ def _tiles(batch_heads: int, queries: int, keys: int) -> list[tuple[slice, slice
     ]
 
 
+@functools.cache
+def _grid_indicator(kh: int, kw: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(kh + kw) x kh*kw 0/1 matrix: column (i, j) picks row i of the first kh and row j of the
+    last kw, so [rel_h, rel_w] @ it = rel_h[..., i] + rel_w[..., j]."""
+    rows = torch.eye(kh, dtype=dtype, device=device).repeat_interleave(kw, dim=1)
+    columns = torch.eye(kw, dtype=dtype, device=device).repeat(1, kh)
+    return torch.cat([rows, columns])
+
+
 def _rel_pos_bias(rel_h: torch.Tensor, rel_w: torch.Tensor) -> torch.Tensor:
     """Decomposed relative-position bias: rel_h BH x n x kh, rel_w BH x n x kw -> BH x n x kh*kw."""
+    kh, kw = rel_h.shape[-1], rel_w.shape[-1]
+    if rel_h.dtype == rel_w.dtype == torch.bfloat16 and rel_h.device.type == "cpu" and kw < 32:
+        # PyTorch's CPU add barely vectorises a short broadcast inner size in bf16 (14 x 14
+        # windows: 4.6 ms vs 0.66 ms per 54 x 196 x 196 bias). The product with a 0/1 matrix is the
+        # same number: a*1 + b*1 summed in fp32 and rounded once to bf16, as the add does.
+        indicator = _grid_indicator(kh, kw, rel_h.dtype, rel_h.device)
+        return torch.cat([rel_h, rel_w], dim=-1) @ indicator
     return (rel_h[..., :, None] + rel_w[..., None, :]).flatten(2)
 
 

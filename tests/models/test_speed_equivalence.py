@@ -105,6 +105,18 @@ def test_the_fused_backward_matches_autograd_on_random_bias():
     torch.testing.assert_close(out, reference(*tensors))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize(("kh", "kw"), [(14, 14), (3, 5), (64, 64)])
+def test_rel_pos_bias_equals_the_broadcast_sum(dtype, kh, kw):
+    """bf16 windows take the 0/1-matrix product instead of the add: bit for bit the same sum,
+    each cell (i, j) from row i of rel_h and column j of rel_w."""
+    generator = torch.Generator().manual_seed(0)
+    rel_h = torch.randn(6, kh * kw, kh, generator=generator).mul(100).to(dtype)
+    rel_w = torch.randn(6, kh * kw, kw, generator=generator).to(dtype)
+    expected = (rel_h[..., :, None] + rel_w[..., None, :]).flatten(2)
+    assert torch.equal(sam_module._rel_pos_bias(rel_h, rel_w), expected)
+
+
 class _Replay(nn.Module):
     """A dropout that multiplies by recorded masks, in order (identity in eval mode)."""
 
