@@ -459,7 +459,7 @@ def compare(args) -> list[dict]:
             for repeat in range(args.repeats):
                 for model in args.models:
                     for precision in args.precisions:
-                        for task in ("train", "infer"):
+                        for task in args.tasks:
                             order = ["baseline", "current"][:: 1 if repeat % 2 == 0 else -1]
                             for side in order:
                                 result = _run_worker(sides[side], model, precision, task, args)
@@ -473,7 +473,7 @@ def compare(args) -> list[dict]:
     rows = []
     for model in args.models:
         for precision in args.precisions:
-            for task in ("train", "infer"):
+            for task in args.tasks:
                 row = dict(model=model, precision=precision, task=task)
                 for side in ("baseline", "current"):
                     runs = results[(model, precision, task, side)]
@@ -505,7 +505,7 @@ def compile_trial(args) -> list[dict]:
     """The current code eagerly and with ``torch.compile``d towers, each in its own process."""
     rows = []
     for precision in args.precisions:
-        for task in ("infer", "train"):
+        for task in args.tasks:
             # Freezing folds weights into constants, which only an inference graph can do.
             modes = [m for m in COMPILE_MODES if task == "infer" or m != "compile-freezing"]
             for mode in modes:
@@ -608,6 +608,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline", default=BASELINE_COMMIT, help="commit to compare with")
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--repeats", type=int, default=1, help="alternating rounds")
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        choices=["train", "infer"],
+        default=["train", "infer"],
+        help="training step and/or inference call (--compare, --compile-trial)",
+    )
     parser.add_argument("--quick", action="store_true", help="reduced depths (see above)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--code-root", help=argparse.SUPPRESS)
