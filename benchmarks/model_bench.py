@@ -662,25 +662,18 @@ def main(argv: list[str] | None = None) -> None:
             comparison_worker(args)
             return
         if args.compile_trial:
-            print(
-                f"torch.compile trial; torch {torch.__version__}, {args.threads} threads, "
-                f"load average {os.getloadavg()[0]:.1f}, "
-                + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-            )
-            rows = compile_trial(args)
-            print("\n" + compile_trial_markdown(rows))
-            print(f"load average at the end: {os.getloadavg()[0]:.1f}")
-            if args.json:
-                Path(args.json).write_text(json.dumps(rows, indent=2))
-            return
+            title, measure, table = "torch.compile trial", compile_trial, compile_trial_markdown
+        else:
+            title = f"baseline {args.baseline} vs the working tree"
+            measure, table = compare, comparison_markdown
         print(
-            f"baseline {args.baseline} vs the working tree; torch {torch.__version__}, "
+            f"{title}; torch {torch.__version__}, "
             f"{platform.processor() or platform.machine()}, {args.threads} threads, "
             f"load average {os.getloadavg()[0]:.1f}, "
             + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         )
-        rows = compare(args)
-        print("\n" + comparison_markdown(rows))
+        rows = measure(args)
+        print("\n" + table(rows))
         print(f"load average at the end: {os.getloadavg()[0]:.1f}")
         if args.json:
             Path(args.json).write_text(json.dumps(rows, indent=2))
